@@ -1,0 +1,856 @@
+//! Database adapter: Postgres and SQLite through sqlx's `Any` driver, with
+//! dialect-specific SQL built here.
+//!
+//! Owns: SQL text (every identifier comes validated from config and is
+//! quoted; every value is bound or a validated literal), keyset pagination,
+//! guarded writes, the ledger table, advisory locks.
+//! Does not own: deciding anything. It returns rows and counts and executes
+//! the writes it is given, reporting rows that moved on as `false`.
+//!
+//! Time: the database's clock is the pass clock. `now()` reads it once per
+//! pass; cutoffs are computed from that reading and bound as epoch seconds,
+//! so SQL and the decision core agree exactly on who is stale.
+
+use crate::config::{DatabaseConfig, Dialect, Ident, StateValue, SweepConfig};
+use crate::core::evidence::timestamp::epoch_seconds;
+use crate::core::model::{LedgerEntry, RowState, StuckRow, Timestamp};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to database {db} ({url}): {source}")]
+    Connect {
+        db: String,
+        url: String,
+        source: sqlx::Error,
+    },
+    #[error("database {db}: {context}: {source}")]
+    Query {
+        db: String,
+        context: String,
+        source: sqlx::Error,
+    },
+    #[error("database {db}: table {table} not found")]
+    NoTable { db: String, table: String },
+    #[error("database {db}: column {column:?} not found in table {table} (it has: {columns})")]
+    NoColumn {
+        db: String,
+        table: String,
+        column: String,
+        columns: String,
+    },
+    #[error("database {db}: timestamp column {table}.{column} has type {ty}; expected timestamptz, timestamp or an integer of unix seconds")]
+    TimestampType {
+        db: String,
+        table: String,
+        column: String,
+        ty: String,
+    },
+    #[error("database {db}: the ledger table {table} does not exist yet; run `sweeper migrate` or a real pass to create it")]
+    NoLedger { db: String, table: String },
+}
+
+/// A connected database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub name: String,
+    pub dialect: Dialect,
+    pool: AnyPool,
+    ledger: Ident,
+}
+
+/// How the timestamp column stores time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TsKind {
+    /// Postgres `timestamptz`.
+    Tz,
+    /// Postgres `timestamp` (read as UTC).
+    Naive,
+    /// An integer or float of unix seconds.
+    Epoch,
+    /// SQLite: text, integer or real, decided per value.
+    SqliteAny,
+}
+
+/// The SQL fragments of one sweep's table, built after looking at its
+/// column types.
+#[derive(Clone, Debug)]
+pub struct SweepTable {
+    pub sweep: String,
+    dialect: Dialect,
+    table: String,
+    key: String,
+    /// Postgres type of the key column, for casts of bound text.
+    key_type: String,
+    state: String,
+    ts: String,
+    ts_kind: TsKind,
+    args: Vec<String>,
+    lookups: Vec<String>,
+    pending: StateValue,
+    sending: StateValue,
+    error: StateValue,
+    sent: StateValue,
+    pub batch_size: u32,
+}
+
+/// Rows now in each non-final state (any age).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateCounts {
+    pub pending: u64,
+    pub sending: u64,
+    pub error: u64,
+}
+
+/// Stale rows of one state.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StaleSummary {
+    pub count: u64,
+    pub oldest: Option<Timestamp>,
+}
+
+/// A guarded state change.
+#[derive(Clone, Debug)]
+pub struct Transition<'a> {
+    pub row: &'a StuckRow,
+    pub to: Target,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Pending,
+    Sent,
+    Error,
+}
+
+/// A held advisory lock; call `release`. Dropped without release, its
+/// connection is closed, which releases the lock on the server.
+pub struct LockGuard {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    key: i64,
+}
+
+impl LockGuard {
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let ok = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await
+                .is_ok();
+            if !ok {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+fn ph(dialect: Dialect, n: usize) -> String {
+    match dialect {
+        Dialect::Postgres => format!("${n}"),
+        Dialect::Sqlite => format!("?{n}"),
+    }
+}
+
+/// A stable 64-bit FNV-1a hash: advisory lock keys must not change between
+/// builds or hosts.
+fn lock_key(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"sweeper:".iter().chain(name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+impl Db {
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(cfg.max_connections)
+            .acquire_timeout(cfg.connect_timeout)
+            .connect(&cfg.url)
+            .await
+            .map_err(|source| DbError::Connect {
+                db: cfg.name.clone(),
+                url: cfg.redacted_url(),
+                source,
+            })?;
+        Ok(Db {
+            name: cfg.name.clone(),
+            dialect: cfg.dialect,
+            pool,
+            ledger: cfg.ledger_table.clone(),
+        })
+    }
+
+    fn err(&self, context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> DbError + '_ {
+        let context = context.into();
+        move |source| DbError::Query {
+            db: self.name.clone(),
+            context,
+            source,
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The database's clock.
+    pub async fn now(&self) -> Result<Timestamp, DbError> {
+        let sql = match self.dialect {
+            Dialect::Postgres => "SELECT extract(epoch from now())::float8",
+            Dialect::Sqlite => "SELECT (julianday('now') - 2440587.5) * 86400.0",
+        };
+        let secs: f64 = sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err("reading the clock"))?;
+        Ok(epoch_seconds(secs).unwrap_or_default())
+    }
+
+    /// Column name → type of a table.
+    pub async fn columns(&self, table: &Ident) -> Result<Vec<(String, String)>, DbError> {
+        let rows = match self.dialect {
+            Dialect::Postgres => sqlx::query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
+                 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            )
+            .bind(table.quoted())
+            .fetch_all(&self.pool)
+            .await,
+            Dialect::Sqlite => sqlx::query(
+                "SELECT name, type FROM pragma_table_info(?1, ?2)",
+            )
+            .bind(table.name().to_string())
+            .bind(table.schema().unwrap_or("main").to_string())
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .map_err(self.err(format!("describing table {table}")))?;
+        let cols: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>(0)?,
+                    r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(self.err(format!("describing table {table}")))?;
+        if cols.is_empty() {
+            return Err(DbError::NoTable {
+                db: self.name.clone(),
+                table: table.to_string(),
+            });
+        }
+        Ok(cols)
+    }
+
+    /// Look at the sweep's table and build its SQL fragments; fails with a
+    /// clear message when the table or a column is missing.
+    pub async fn sweep_table(&self, sweep: &SweepConfig) -> Result<SweepTable, DbError> {
+        let cols = self.columns(&sweep.table).await?;
+        let type_of = |c: &Ident| -> Result<String, DbError> {
+            cols.iter()
+                .find(|(n, _)| n == c.name())
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| DbError::NoColumn {
+                    db: self.name.clone(),
+                    table: sweep.table.to_string(),
+                    column: c.name().to_string(),
+                    columns: cols.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                })
+        };
+        let key_type = type_of(&sweep.key)?;
+        type_of(&sweep.state_column)?;
+        let ts_type = type_of(&sweep.timestamp_column)?;
+        for c in sweep.job.iter().flat_map(|j| j.args.iter()) {
+            type_of(c)?;
+        }
+        for e in &sweep.evidence {
+            type_of(&e.column)?;
+        }
+        let ts_kind = match self.dialect {
+            Dialect::Sqlite => TsKind::SqliteAny,
+            Dialect::Postgres => {
+                let t = ts_type.to_ascii_lowercase();
+                if t.starts_with("timestamp") && t.contains("with time zone") && !t.contains("without") {
+                    TsKind::Tz
+                } else if t.starts_with("timestamp") {
+                    TsKind::Naive
+                } else if ["bigint", "integer", "smallint", "double precision", "real", "numeric"]
+                    .iter()
+                    .any(|n| t.starts_with(n))
+                {
+                    TsKind::Epoch
+                } else {
+                    return Err(DbError::TimestampType {
+                        db: self.name.clone(),
+                        table: sweep.table.to_string(),
+                        column: sweep.timestamp_column.to_string(),
+                        ty: ts_type,
+                    });
+                }
+            }
+        };
+        Ok(SweepTable {
+            sweep: sweep.name.clone(),
+            dialect: self.dialect,
+            table: sweep.table.quoted(),
+            key: sweep.key.quoted(),
+            key_type,
+            state: sweep.state_column.quoted(),
+            ts: sweep.timestamp_column.quoted(),
+            ts_kind,
+            args: sweep
+                .job
+                .iter()
+                .flat_map(|j| j.args.iter().map(Ident::quoted))
+                .collect(),
+            lookups: sweep.evidence.iter().map(|e| e.column.quoted()).collect(),
+            pending: sweep.states.pending.clone(),
+            sending: sweep.states.sending.clone(),
+            error: sweep.states.error.clone(),
+            sent: sweep.states.sent.clone(),
+            batch_size: sweep.rules.limits.batch_size,
+        })
+    }
+
+    /// Rows in pending / sending / error, any age.
+    pub async fn state_counts(&self, t: &SweepTable) -> Result<StateCounts, DbError> {
+        let sql = format!(
+            "SELECT {s}, count(*) FROM {table} WHERE {state} IN ({p}, {g}, {e}) GROUP BY {state}",
+            s = t.text(&t.state),
+            table = t.table,
+            state = t.state,
+            p = t.pending.sql_literal(),
+            g = t.sending.sql_literal(),
+            e = t.error.sql_literal(),
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err(format!("counting rows of {}", t.table)))?;
+        let mut c = StateCounts::default();
+        for r in rows {
+            let state: Option<String> = r.try_get(0).map_err(self.err("counting rows"))?;
+            let n: i64 = r.try_get(1).map_err(self.err("counting rows"))?;
+            let n = n.max(0) as u64;
+            let state = state.unwrap_or_default();
+            if state == t.pending.to_string() {
+                c.pending = n;
+            } else if state == t.sending.to_string() {
+                c.sending = n;
+            } else if state == t.error.to_string() {
+                c.error = n;
+            }
+        }
+        Ok(c)
+    }
+
+    /// How many rows of `state` are older than `cutoff`, and the oldest.
+    pub async fn stale_summary(
+        &self,
+        t: &SweepTable,
+        state: RowState,
+        cutoff: Timestamp,
+    ) -> Result<StaleSummary, DbError> {
+        let sql = format!(
+            "SELECT count(*), min({epoch}) FROM {table} WHERE {state} = {lit} AND {older}",
+            epoch = t.epoch(),
+            table = t.table,
+            state = t.state,
+            lit = t.literal(state),
+            older = t.older_than(1),
+        );
+        let row = sqlx::query(&sql)
+            .bind(epoch_of(cutoff))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err(format!("counting stale {state} rows")))?;
+        let count: i64 = row.try_get(0).map_err(self.err("counting stale rows"))?;
+        let oldest: Option<f64> = row.try_get(1).map_err(self.err("counting stale rows"))?;
+        Ok(StaleSummary {
+            count: count.max(0) as u64,
+            oldest: oldest.and_then(epoch_seconds),
+        })
+    }
+
+    /// One page of stale rows of `state`, in key order after `after`.
+    pub async fn stale_page(
+        &self,
+        t: &SweepTable,
+        state: RowState,
+        cutoff: Timestamp,
+        after: Option<&StuckRow>,
+    ) -> Result<Vec<StuckRow>, DbError> {
+        let mut sql = format!(
+            "SELECT {key_text}, {key_int}, {version}, {epoch}, {args}",
+            key_text = t.text(&t.key),
+            key_int = t.key_int(),
+            version = t.text(&t.ts),
+            epoch = t.epoch(),
+            args = t.args_json(),
+        );
+        for l in &t.lookups {
+            let _ = write!(sql, ", {}", t.text(l));
+        }
+        let _ = write!(
+            sql,
+            " FROM {table} WHERE {state} = {lit} AND {older}",
+            table = t.table,
+            state = t.state,
+            lit = t.literal(state),
+            older = t.older_than(1),
+        );
+        if after.is_some() {
+            let _ = write!(sql, " AND {} > {}", t.key, t.key_param(2));
+        }
+        let _ = write!(sql, " ORDER BY {} LIMIT {}", t.key, t.batch_size);
+        let mut q = sqlx::query(&sql).bind(epoch_of(cutoff));
+        if let Some(a) = after {
+            q = t.bind_key(q, a);
+        }
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err(format!("reading stale {state} rows of {}", t.table)))?;
+        rows.iter()
+            .map(|r| row_from(r, state, t.lookups.len()))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(self.err(format!("decoding stale {state} rows of {}", t.table)))
+    }
+
+    /// Every stale row of `state`, fetched page by page (keyset over the key).
+    pub async fn stale_rows(
+        &self,
+        t: &SweepTable,
+        state: RowState,
+        cutoff: Timestamp,
+    ) -> Result<Vec<StuckRow>, DbError> {
+        let mut out: Vec<StuckRow> = Vec::new();
+        loop {
+            let page = self.stale_page(t, state, cutoff, out.last()).await?;
+            let done = page.len() < t.batch_size as usize;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The current version (timestamp text) of each of `rows` still in
+    /// `state`; rows absent from the answer have left that state.
+    pub async fn current_versions(
+        &self,
+        t: &SweepTable,
+        state: RowState,
+        rows: &[&StuckRow],
+    ) -> Result<HashMap<String, String>, DbError> {
+        if rows.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let params: Vec<String> = (1..=rows.len()).map(|i| t.key_param(i)).collect();
+        let sql = format!(
+            "SELECT {k}, {v} FROM {table} WHERE {state} = {lit} AND {key} IN ({params})",
+            k = t.text(&t.key),
+            v = t.text(&t.ts),
+            table = t.table,
+            state = t.state,
+            lit = t.literal(state),
+            key = t.key,
+            params = params.join(", "),
+        );
+        let mut q = sqlx::query(&sql);
+        for r in rows {
+            q = t.bind_key(q, r);
+        }
+        let found = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err("re-reading rows before requeue"))?;
+        found
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<Option<String>, _>(1)?.unwrap_or_default())))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(self.err("re-reading rows before requeue"))
+    }
+
+    /// Apply state changes in one transaction, each guarded by the row's
+    /// state and version as read. Returns, per transition, whether it
+    /// applied (`false` = the row had already moved on).
+    pub async fn transition(&self, t: &SweepTable, changes: &[Transition<'_>]) -> Result<Vec<bool>, DbError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await.map_err(self.err("starting a transaction"))?;
+        let mut applied = Vec::with_capacity(changes.len());
+        for c in changes {
+            let to = match c.to {
+                Target::Pending => &t.pending,
+                Target::Sent => &t.sent,
+                Target::Error => &t.error,
+            };
+            let sql = format!(
+                "UPDATE {table} SET {state} = {to} WHERE {key} = {kp} AND {state} = {from} AND {ver} = {vp}",
+                table = t.table,
+                state = t.state,
+                to = to.sql_literal(),
+                key = t.key,
+                kp = t.key_param(1),
+                from = t.literal(c.row.state),
+                ver = t.text(&t.ts),
+                vp = ph(t.dialect, 2),
+            );
+            let res = t
+                .bind_key(sqlx::query(&sql), c.row)
+                .bind(c.row.version.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err(format!("updating {} {}", t.table, c.row.key)))?;
+            applied.push(res.rows_affected() == 1);
+        }
+        tx.commit().await.map_err(self.err("committing updates"))?;
+        Ok(applied)
+    }
+
+    pub async fn ledger_exists(&self) -> Result<bool, DbError> {
+        let exists = match self.dialect {
+            Dialect::Postgres => sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                .bind(self.ledger.quoted())
+                .fetch_one(&self.pool)
+                .await,
+            Dialect::Sqlite => sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            )
+            .bind(self.ledger.name().to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map(|n| n > 0),
+        };
+        exists.map_err(self.err("looking for the ledger table"))
+    }
+
+    /// Create the ledger table if it does not exist. Times are unix seconds.
+    pub async fn ensure_ledger(&self) -> Result<(), DbError> {
+        let real = match self.dialect {
+            Dialect::Postgres => "double precision",
+            Dialect::Sqlite => "REAL",
+        };
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {l} (\
+             sweep TEXT NOT NULL, \
+             row_key TEXT NOT NULL, \
+             row_version TEXT NOT NULL, \
+             attempts BIGINT NOT NULL, \
+             last_requeued_at {real} NOT NULL, \
+             PRIMARY KEY (sweep, row_key))",
+            l = self.ledger.quoted(),
+        );
+        sqlx::query(&sql)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err(format!("creating the ledger table {}", self.ledger)))?;
+        Ok(())
+    }
+
+    pub fn ledger_table(&self) -> &Ident {
+        &self.ledger
+    }
+
+    /// Ledger entries of `sweep` for `keys` (absent when the table is).
+    pub async fn ledger_get(
+        &self,
+        sweep: &str,
+        keys: &[&str],
+    ) -> Result<HashMap<String, LedgerEntry>, DbError> {
+        let mut out = HashMap::new();
+        for chunk in keys.chunks(500) {
+            let params: Vec<String> = (2..chunk.len() + 2).map(|i| ph(self.dialect, i)).collect();
+            let sql = format!(
+                "SELECT row_key, row_version, attempts, last_requeued_at FROM {l} \
+                 WHERE sweep = {p1} AND row_key IN ({params})",
+                l = self.ledger.quoted(),
+                p1 = ph(self.dialect, 1),
+                params = params.join(", "),
+            );
+            let mut q = sqlx::query(&sql).bind(sweep.to_string());
+            for k in chunk {
+                q = q.bind(k.to_string());
+            }
+            let rows = q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.err("reading the ledger"))?;
+            for r in rows {
+                let decode = |r: &AnyRow| -> Result<(String, LedgerEntry), sqlx::Error> {
+                    let key: String = r.try_get(0)?;
+                    let version: String = r.try_get(1)?;
+                    let attempts: i64 = r.try_get(2)?;
+                    let at: f64 = r.try_get(3)?;
+                    Ok((
+                        key,
+                        LedgerEntry {
+                            attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+                            last_requeued_at: epoch_seconds(at).unwrap_or_default(),
+                            version,
+                        },
+                    ))
+                };
+                let (k, e) = decode(&r).map_err(self.err("decoding the ledger"))?;
+                out.insert(k, e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record requeues: (row key, row version, attempts) at `now`.
+    pub async fn ledger_put(
+        &self,
+        sweep: &str,
+        entries: &[(&str, &str, u32)],
+        now: Timestamp,
+    ) -> Result<(), DbError> {
+        for chunk in entries.chunks(200) {
+            let mut sql = format!(
+                "INSERT INTO {} (sweep, row_key, row_version, attempts, last_requeued_at) VALUES ",
+                self.ledger.quoted()
+            );
+            let mut n = 0;
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let ps: Vec<String> = (0..5).map(|j| ph(self.dialect, n + j + 1)).collect();
+                n += 5;
+                let _ = write!(sql, "({})", ps.join(", "));
+            }
+            sql.push_str(
+                " ON CONFLICT (sweep, row_key) DO UPDATE SET row_version = excluded.row_version, \
+                 attempts = excluded.attempts, last_requeued_at = excluded.last_requeued_at",
+            );
+            let mut q = sqlx::query(&sql);
+            for (key, version, attempts) in chunk {
+                q = q
+                    .bind(sweep.to_string())
+                    .bind(key.to_string())
+                    .bind(version.to_string())
+                    .bind(i64::from(*attempts))
+                    .bind(epoch_of(now));
+            }
+            q.execute(&self.pool)
+                .await
+                .map_err(self.err("writing the ledger"))?;
+        }
+        Ok(())
+    }
+
+    /// Forget ledger entries of `sweep` last requeued before `before`.
+    pub async fn ledger_prune(&self, sweep: &str, before: Timestamp) -> Result<u64, DbError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE sweep = {} AND last_requeued_at < {}",
+            self.ledger.quoted(),
+            ph(self.dialect, 1),
+            ph(self.dialect, 2)
+        );
+        let res = sqlx::query(&sql)
+            .bind(sweep.to_string())
+            .bind(epoch_of(before))
+            .execute(&self.pool)
+            .await
+            .map_err(self.err("pruning the ledger"))?;
+        Ok(res.rows_affected())
+    }
+
+    /// Take the sweep's lock: a session advisory lock in Postgres (`None`
+    /// when another instance holds it). SQLite is single-host: no lock.
+    pub async fn try_lock(&self, sweep: &str) -> Result<Option<LockGuard>, DbError> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(Some(LockGuard { conn: None, key: 0 })),
+            Dialect::Postgres => {
+                let key = lock_key(sweep);
+                let mut conn = self.pool.acquire().await.map_err(self.err("taking the sweep lock"))?;
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(self.err("taking the sweep lock"))?;
+                Ok(got.then_some(LockGuard {
+                    conn: Some(conn),
+                    key,
+                }))
+            }
+        }
+    }
+
+    /// Run a trivial query (for `check` and `/readyz`).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(self.err("ping"))?;
+        Ok(())
+    }
+
+    /// The index that keeps a sweep's queries fast on a large table: walk a
+    /// state in key order (keyset pages) with the timestamp in the index, so
+    /// neither the pages nor the stale counts touch other states' rows.
+    pub fn recommended_index(sweep: &SweepConfig, dialect: Dialect) -> String {
+        let name = format!("{}_sweeper_idx", sweep.table.name());
+        let cols = format!(
+            "{} ({}, {}, {})",
+            sweep.table.quoted(),
+            sweep.state_column.quoted(),
+            sweep.key.quoted(),
+            sweep.timestamp_column.quoted(),
+        );
+        match dialect {
+            Dialect::Postgres => {
+                let states = [&sweep.states.pending, &sweep.states.sending, &sweep.states.error]
+                    .iter()
+                    .map(|s| s.sql_literal())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "CREATE INDEX CONCURRENTLY {name} ON {cols} WHERE {} IN ({states});",
+                    sweep.state_column.quoted()
+                )
+            }
+            // SQLite cannot prove `state = 'pending'` implies an IN-list
+            // partial index, so the index covers every state.
+            Dialect::Sqlite => format!("CREATE INDEX {name} ON {cols};"),
+        }
+    }
+}
+
+fn epoch_of(t: Timestamp) -> f64 {
+    t.timestamp() as f64 + f64::from(t.timestamp_subsec_nanos()) / 1e9
+}
+
+fn row_from(r: &AnyRow, state: RowState, lookups: usize) -> Result<StuckRow, sqlx::Error> {
+    let key: String = r.try_get(0)?;
+    let key_int: Option<i64> = r.try_get(1)?;
+    let version: Option<String> = r.try_get(2)?;
+    let epoch: Option<f64> = r.try_get(3)?;
+    let args_text: Option<String> = r.try_get(4)?;
+    let args = match args_text.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+        Some(Ok(serde_json::Value::Array(a))) => a,
+        _ => Vec::new(),
+    };
+    let mut lk = Vec::with_capacity(lookups);
+    for i in 0..lookups {
+        lk.push(r.try_get::<Option<String>, _>(5 + i)?);
+    }
+    Ok(StuckRow {
+        key,
+        key_int,
+        state,
+        updated_at: epoch.and_then(epoch_seconds).unwrap_or_default(),
+        version: version.unwrap_or_default(),
+        args,
+        lookups: lk,
+    })
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+impl SweepTable {
+    /// A column as text.
+    fn text(&self, col: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("{col}::text"),
+            Dialect::Sqlite => format!("CAST({col} AS TEXT)"),
+        }
+    }
+
+    fn key_int(&self) -> String {
+        match self.dialect {
+            Dialect::Postgres => "NULL::int8".into(),
+            Dialect::Sqlite => format!("(CASE WHEN typeof({k}) = 'integer' THEN {k} END)", k = self.key),
+        }
+    }
+
+    /// A bound key parameter, cast to the key column's type in Postgres.
+    fn key_param(&self, n: usize) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("CAST({} AS {})", ph(self.dialect, n), self.key_type),
+            Dialect::Sqlite => ph(self.dialect, n),
+        }
+    }
+
+    fn bind_key<'q>(&self, q: AnyQuery<'q>, row: &StuckRow) -> AnyQuery<'q> {
+        match (self.dialect, row.key_int) {
+            (Dialect::Sqlite, Some(i)) => q.bind(i),
+            _ => q.bind(row.key.clone()),
+        }
+    }
+
+    fn literal(&self, state: RowState) -> String {
+        match state {
+            RowState::Pending => self.pending.sql_literal(),
+            RowState::Sending => self.sending.sql_literal(),
+        }
+    }
+
+    /// The timestamp as unix seconds (float).
+    fn epoch(&self) -> String {
+        let ts = &self.ts;
+        match self.ts_kind {
+            TsKind::Tz | TsKind::Naive => format!("extract(epoch from {ts})::float8"),
+            TsKind::Epoch => format!("{ts}::float8"),
+            TsKind::SqliteAny => format!(
+                "(CASE typeof({ts}) WHEN 'integer' THEN {ts} * 1.0 WHEN 'real' THEN {ts} \
+                 ELSE (julianday({ts}) - 2440587.5) * 86400.0 END)"
+            ),
+        }
+    }
+
+    /// `ts < cutoff` with the cutoff bound as unix seconds at `$n`, written
+    /// so Postgres can use an index on the column.
+    fn older_than(&self, n: usize) -> String {
+        let ts = &self.ts;
+        let p = ph(self.dialect, n);
+        match self.ts_kind {
+            TsKind::Tz => format!("{ts} < to_timestamp({p})"),
+            TsKind::Naive => format!("{ts} < (to_timestamp({p}) AT TIME ZONE 'UTC')"),
+            TsKind::Epoch => format!("{ts} < {p}"),
+            TsKind::SqliteAny => format!("{} < {p}", self.epoch()),
+        }
+    }
+
+    /// The job argument columns as a JSON array (types preserved).
+    fn args_json(&self) -> String {
+        if self.args.is_empty() {
+            return "'[]'".into();
+        }
+        match self.dialect {
+            Dialect::Postgres => format!("json_build_array({})::text", self.args.join(", ")),
+            Dialect::Sqlite => format!("json_array({})", self.args.join(", ")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(lock_key("comments"), lock_key("comments"));
+        assert_ne!(lock_key("comments"), lock_key("receipts"));
+    }
+}

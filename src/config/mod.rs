@@ -1,0 +1,487 @@
+//! Configuration: the YAML contract of DESIGN.md, read in two stages.
+//!
+//! 1. `yaml` + `raw`: text → nodes → serde structs mirroring the YAML
+//!    (`deny_unknown_fields`), with `${VAR}` / `${VAR:-default}` expanded in
+//!    string values.
+//! 2. `validate`: a pure function from raw structs and an environment to the
+//!    typed [`Config`] below — durations parsed, names resolved, identifiers
+//!    checked and quoted, regexes compiled — or *every* problem found, each
+//!    with its YAML path and line.
+//!
+//! Owns: what a valid config is. Does not own: connecting to anything
+//! (`sweeper check` does that in the shell).
+
+pub mod raw;
+pub mod validate;
+pub mod yaml;
+
+use crate::core::decide::Rules;
+use crate::core::evidence::custom::CustomSpec;
+use crate::core::evidence::jsonl::JsonlSpec;
+use chrono::FixedOffset;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use validate::validate;
+
+/// A validated config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    pub metrics: MetricsConfig,
+    pub queues: BTreeMap<String, QueueConfig>,
+    pub evidence: BTreeMap<String, EvidenceConfig>,
+    pub sweeps: Vec<SweepConfig>,
+}
+
+impl Config {
+    pub fn sweep(&self, name: &str) -> Option<&SweepConfig> {
+        self.sweeps.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "postgres",
+            Dialect::Sqlite => "sqlite",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    pub name: String,
+    /// Connection URL; may hold a password: print `redacted_url()` instead.
+    pub url: String,
+    pub dialect: Dialect,
+    pub ledger_table: Ident,
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("name", &self.name)
+            .field("url", &self.redacted_url())
+            .field("dialect", &self.dialect)
+            .field("ledger_table", &self.ledger_table)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    pub name: String,
+    pub kind: QueueKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum QueueKind {
+    Resque(ResqueConfig),
+    Sidekiq(SidekiqConfig),
+    Jsonl { path: std::path::PathBuf },
+    Amqp(AmqpConfig),
+    Http(HttpQueueConfig),
+}
+
+impl QueueKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            QueueKind::Resque(_) => "resque",
+            QueueKind::Sidekiq(_) => "sidekiq",
+            QueueKind::Jsonl { .. } => "jsonl",
+            QueueKind::Amqp(_) => "amqp",
+            QueueKind::Http(_) => "http",
+        }
+    }
+}
+
+/// Bounded presence check: how many queue entries to look at at most.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceConfig {
+    pub max_entries: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResqueConfig {
+    pub redis: String,
+    pub namespace: String,
+    pub presence: Option<PresenceConfig>,
+    pub require_workers: bool,
+    /// A worker whose heartbeat is older than this is dead.
+    pub heartbeat_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SidekiqConfig {
+    pub redis: String,
+    /// Key prefix as redis-namespace writes it (`ns:queue:x`); none by default.
+    pub namespace: Option<String>,
+    pub retry: serde_json::Value,
+    pub job_fields: BTreeMap<String, serde_json::Value>,
+    pub presence: Option<PresenceConfig>,
+    pub require_workers: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AmqpConfig {
+    pub url: String,
+    pub exchange: String,
+    /// Routing key template; `{queue}` is the job's queue.
+    pub routing_key: String,
+    pub headers: BTreeMap<String, String>,
+    pub content_type: String,
+    /// JSON body template; see `core::template`.
+    pub body: serde_json::Value,
+    pub confirm_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpQueueConfig {
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: serde_json::Value,
+    pub timeout: Duration,
+    pub max_retries: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct EvidenceConfig {
+    pub name: String,
+    pub kind: EvidenceKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum EvidenceKind {
+    Log(LogSourceConfig),
+}
+
+impl EvidenceKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EvidenceKind::Log(_) => "log",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LogSourceConfig {
+    pub format: LogFormat,
+    /// Glob patterns.
+    pub paths: Vec<String>,
+    pub utc_offset: FixedOffset,
+    pub slack: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum LogFormat {
+    Postfix,
+    Exim,
+    Custom(CustomSpec),
+    Jsonl(JsonlSpec),
+}
+
+impl LogFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogFormat::Postfix => "postfix",
+            LogFormat::Exim => "exim",
+            LogFormat::Custom(_) => "custom",
+            LogFormat::Jsonl(_) => "jsonl",
+        }
+    }
+}
+
+/// A SQL identifier checked to be `[A-Za-z_][A-Za-z0-9_]*`, optionally
+/// `schema.name`; safe to quote into SQL.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Ident {
+    parts: Vec<String>,
+}
+
+impl Ident {
+    pub const MAX_LEN: usize = 63;
+
+    /// Parse an identifier; `qualified` allows one `schema.` prefix.
+    pub fn parse(s: &str, qualified: bool) -> Result<Ident, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        if parts.len() > if qualified { 2 } else { 1 } {
+            return Err(format!(
+                "{s:?} is not a valid SQL identifier (letters, digits and underscore{})",
+                if qualified { ", optionally schema.table" } else { "" }
+            ));
+        }
+        for p in &parts {
+            let ok = !p.is_empty()
+                && p.len() <= Self::MAX_LEN
+                && !p.starts_with(|c: char| c.is_ascii_digit())
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!(
+                    "{s:?} is not a valid SQL identifier (letters, digits and underscore, \
+                     not starting with a digit, at most {} characters{})",
+                    Self::MAX_LEN,
+                    if qualified { ", optionally schema.table" } else { "" }
+                ));
+            }
+        }
+        Ok(Ident {
+            parts: parts.into_iter().map(str::to_string).collect(),
+        })
+    }
+
+    /// Double-quoted for SQL (valid in Postgres, SQLite and ANSI MySQL).
+    pub fn quoted(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The last part (a table's name without its schema).
+    pub fn name(&self) -> &str {
+        self.parts.last().map(String::as_str).unwrap_or_default()
+    }
+
+    pub fn schema(&self) -> Option<&str> {
+        (self.parts.len() == 2).then(|| self.parts[0].as_str())
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.parts.join("."))
+    }
+}
+
+/// A configured state value: string or integer (Rails enums).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum StateValue {
+    Int(i64),
+    Str(String),
+}
+
+impl StateValue {
+    /// As a SQL literal. Strings are single-quoted with quotes doubled;
+    /// validation rejects control characters.
+    pub fn sql_literal(&self) -> String {
+        match self {
+            StateValue::Int(i) => i.to_string(),
+            StateValue::Str(s) => format!("'{}'", s.replace('\'', "''")),
+        }
+    }
+}
+
+impl fmt::Display for StateValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateValue::Int(i) => write!(f, "{i}"),
+            StateValue::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct States {
+    pub pending: StateValue,
+    pub sending: StateValue,
+    pub sent: StateValue,
+    pub error: StateValue,
+}
+
+/// The job a pending row's requeue pushes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobConfig {
+    /// Name of the entry in `queues:`.
+    pub queue_ref: String,
+    /// The queue name inside that queue system.
+    pub queue: String,
+    pub class: String,
+    /// Columns whose values become the job's arguments, in order.
+    pub args: Vec<Ident>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvidenceRef {
+    pub source: String,
+    /// Column holding the lookup key (e.g. the Message-ID).
+    pub column: Ident,
+}
+
+#[derive(Clone, Debug)]
+pub struct SweepConfig {
+    pub name: String,
+    pub database: String,
+    pub table: Ident,
+    pub key: Ident,
+    pub state_column: Ident,
+    pub timestamp_column: Ident,
+    pub states: States,
+    pub every: Duration,
+    pub rules: Rules,
+    pub job: Option<JobConfig>,
+    pub evidence: Vec<EvidenceRef>,
+}
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// YAML path, e.g. `sweeps.comments.pending.after`.
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} problem{} in config",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            match e.line {
+                Some(l) => write!(f, "  {}:{l}: ", self.file)?,
+                None => write!(f, "  {}: ", self.file)?,
+            }
+            if e.path.is_empty() {
+                writeln!(f, "{}", e.message)?;
+            } else {
+                writeln!(f, "{}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Read, parse and validate a config file with the process environment.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let env = |k: &str| std::env::var(k).ok();
+    load_str(&text, &path.display().to_string(), &env).map_err(LoadError::Invalid)
+}
+
+/// Parse and validate config text; `file` names it in messages.
+pub fn load_str(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    validate::validate_text(text, env).map_err(|errors| ConfigErrors {
+        file: file.to_string(),
+        errors,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_checked_and_quoted() {
+        let table: &[(&str, bool, Option<&str>)] = &[
+            ("comments", false, Some("\"comments\"")),
+            ("public.comments", true, Some("\"public\".\"comments\"")),
+            ("public.comments", false, None),
+            ("a.b.c", true, None),
+            ("comments; drop table x", false, None),
+            ("\"quoted\"", false, None),
+            ("1abc", false, None),
+            ("", false, None),
+            ("naïve", false, None),
+            ("notification_state", false, Some("\"notification_state\"")),
+        ];
+        for (input, qualified, want) in table {
+            let got = Ident::parse(input, *qualified).ok().map(|i| i.quoted());
+            assert_eq!(got.as_deref(), *want, "{input}");
+        }
+    }
+
+    #[test]
+    fn state_literals_escape_quotes() {
+        assert_eq!(StateValue::Str("it's".into()).sql_literal(), "'it''s'");
+        assert_eq!(StateValue::Int(-3).sql_literal(), "-3");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        let table = [
+            ("postgres://u:secret@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+            ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
+            ("sqlite:app.db", "sqlite:app.db"),
+        ];
+        for (input, want) in table {
+            assert_eq!(redact_url(input), want);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Raw config: serde structs mirroring the YAML one to one, with
+//! `deny_unknown_fields`. Nothing here is checked beyond its YAML type;
+//! `validate` turns these into typed config.
+//!
+//! Sections with a `kind` (queues, evidence sources) are read in two steps:
+//! the `kind` first, then the struct for that kind, so an option that belongs
+//! to another kind is reported as unknown for this one.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A state value: a string, or an integer (Rails enums).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RawStateValue {
+    Int(i64),
+    Str(String),
+}
+
+/// The top-level sections. Each is kept as an untyped YAML node and read
+/// entry by entry, so one bad entry does not hide the problems of others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTop<N> {
+    #[serde(default)]
+    pub databases: Option<BTreeMap<String, N>>,
+    #[serde(default)]
+    pub metrics: Option<N>,
+    #[serde(default)]
+    pub queues: Option<BTreeMap<String, N>>,
+    #[serde(default)]
+    pub evidence: Option<BTreeMap<String, N>>,
+    #[serde(default)]
+    pub sweeps: Option<BTreeMap<String, N>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: String,
+    /// Sweeper's bookkeeping table in this database.
+    #[serde(default)]
+    pub ledger_table: Option<String>,
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResque {
+    pub kind: String,
+    pub redis: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub presence_check: Option<RawPresence>,
+    #[serde(default)]
+    pub require_workers: Option<bool>,
+    #[serde(default)]
+    pub worker_heartbeat_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSidekiq {
+    pub kind: String,
+    pub redis: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The job's `retry` field: true, false or a number of retries.
+    #[serde(default)]
+    pub retry: Option<serde_json::Value>,
+    /// Extra fields merged into every job payload.
+    #[serde(default)]
+    pub job_fields: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    pub presence_check: Option<RawPresence>,
+    #[serde(default)]
+    pub require_workers: Option<bool>,
+}
+
+/// Presence check: `true`/`false`, or a map with the scan bound.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPresence {
+    Enabled(bool),
+    Options(RawPresenceOptions),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPresenceOptions {
+    #[serde(default)]
+    pub max_entries: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJsonl {
+    pub kind: String,
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAmqp {
+    pub kind: String,
+    pub url: String,
+    #[serde(default)]
+    pub exchange: Option<String>,
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    #[serde(default)]
+    pub confirm_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpQueue {
+    pub kind: String,
+    pub url: String,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogSource {
+    pub kind: String,
+    pub format: String,
+    pub paths: Vec<String>,
+    /// Zone of timestamps that carry none, e.g. `+01:00`; default UTC.
+    #[serde(default)]
+    pub utc_offset: Option<String>,
+    /// Lines from this long before the row's timestamp still count (clock
+    /// skew between the app and the mail host).
+    #[serde(default)]
+    pub slack: Option<String>,
+    /// custom: regexes with named captures key / join / status / rcpt / time.
+    #[serde(default)]
+    pub patterns: Option<Vec<String>>,
+    /// custom / jsonl: status values meaning delivered.
+    #[serde(default)]
+    pub sent: Option<Vec<String>>,
+    /// custom / jsonl: status values meaning permanently failed.
+    #[serde(default)]
+    pub failed: Option<Vec<String>>,
+    /// jsonl: JSON pointer (or dotted path) of the lookup key.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    #[serde(default)]
+    pub status_field: Option<String>,
+    #[serde(default)]
+    pub recipient_field: Option<String>,
+    #[serde(default)]
+    pub time_field: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub status_pointer: Option<String>,
+    #[serde(default)]
+    pub events_pointer: Option<String>,
+    #[serde(default)]
+    pub sent: Option<Vec<String>>,
+    #[serde(default)]
+    pub failed: Option<Vec<String>>,
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub retention: Option<String>,
+    #[serde(default)]
+    pub visibility_lag: Option<String>,
+    #[serde(default)]
+    pub slack: Option<String>,
+    #[serde(default)]
+    pub match_by: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSweep {
+    pub database: String,
+    pub table: String,
+    pub key: String,
+    pub state_column: String,
+    pub timestamp_column: String,
+    #[serde(default)]
+    pub states: Option<RawStates>,
+    #[serde(default)]
+    pub every: Option<String>,
+    #[serde(default)]
+    pub pending: Option<RawPending>,
+    #[serde(default)]
+    pub sending: Option<RawSending>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStates {
+    #[serde(default)]
+    pub pending: Option<RawStateValue>,
+    #[serde(default)]
+    pub sending: Option<RawStateValue>,
+    #[serde(default)]
+    pub sent: Option<RawStateValue>,
+    #[serde(default)]
+    pub error: Option<RawStateValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPending {
+    pub after: String,
+    pub queue: String,
+    pub job: RawJob,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff: Option<RawBackoff>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    pub factor: f64,
+    pub max: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    pub queue: String,
+    pub class: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSending {
+    pub after: String,
+    #[serde(default)]
+    pub evidence: Vec<RawEvidenceRef>,
+    #[serde(default)]
+    pub give_up_after: Option<String>,
+    #[serde(default)]
+    pub on_no_evidence: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvidenceRef {
+    pub source: String,
+    #[serde(rename = "match")]
+    pub match_column: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    #[serde(default)]
+    pub max_actions: Option<u32>,
+    #[serde(default)]
+    pub hold_above: Option<u64>,
+}

@@ -1,0 +1,870 @@
+//! Validation: raw config → typed [`Config`], or every problem found.
+//!
+//! Pure: the environment is passed in as a lookup function; nothing is
+//! read or connected. Each problem carries the YAML path it belongs to;
+//! `validate_text` adds line numbers.
+
+use super::raw::*;
+use super::yaml::{self, Locator, Node};
+use super::*;
+use crate::core::decide::{Backoff, GiveUpPolicy, Limits, PendingRule, Rules, SendingRule};
+use crate::core::evidence::custom::{CustomSpec, StatusMap};
+use crate::core::evidence::jsonl::JsonlSpec;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+/// Problems found so far, as (path, message).
+#[derive(Default)]
+struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.0.push((path.into(), msg.into()));
+    }
+
+    /// Decode `node` at `path`, recording a failure.
+    fn decode<T: DeserializeOwned>(&mut self, node: Node, path: &str) -> Option<T> {
+        match yaml::decode::<T>(node) {
+            Ok(v) => Some(v),
+            Err((rel, msg)) => {
+                let p = if rel.is_empty() {
+                    path.to_string()
+                } else {
+                    yaml::join(path, &rel)
+                };
+                self.push(p, msg);
+                None
+            }
+        }
+    }
+
+    /// Record the error of `r` at `path`, keeping the value.
+    fn check<T>(&mut self, path: &str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|e| self.push(path, e)).ok()
+    }
+}
+
+/// Parse, interpolate and validate config text. Errors carry lines.
+pub fn validate_text(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let locator = Locator::new(text);
+    let root = yaml::parse(text).map_err(|e| {
+        vec![ConfigError {
+            path: String::new(),
+            line: e.line,
+            message: format!("invalid YAML: {}", e.message),
+        }]
+    })?;
+    validate(root, env).map_err(|problems| {
+        let mut errors: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|(path, message)| ConfigError {
+                line: locator.locate(&path).map(|(l, _)| l),
+                path,
+                message,
+            })
+            .collect();
+        errors.sort_by_key(|e| e.line.unwrap_or(0));
+        errors
+    })
+}
+
+/// Validate a parsed document. `env` resolves `${VAR}`.
+pub fn validate(
+    mut root: Node,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<(String, String)>> {
+    let mut p = Problems::default();
+    let mut interp = Vec::new();
+    yaml::interpolate(&mut root, "", env, &mut interp);
+    for (path, msg) in interp {
+        p.push(path, msg);
+    }
+    if !root.is_mapping() {
+        p.push("", format!("expected a map at the top level, found {}", yaml::type_name(&root)));
+        return Err(p.0);
+    }
+    let Some(top) = p.decode::<RawTop<Node>>(root, "") else {
+        return Err(p.0);
+    };
+
+    let databases = section(&mut p, top.databases, "databases", database);
+    let metrics = match top.metrics {
+        None => Some(MetricsConfig {
+            listen: DEFAULT_LISTEN.parse().expect("default listen address"),
+        }),
+        Some(node) => p
+            .decode::<RawMetrics>(node, "metrics")
+            .and_then(|m| metrics_config(&mut p, m)),
+    };
+    let queues = section(&mut p, top.queues, "queues", queue);
+    let evidence = section(&mut p, top.evidence, "evidence", evidence_source);
+    let refs = Refs {
+        databases: &databases,
+        queues: &queues,
+        evidence: &evidence,
+    };
+    let mut sweeps = Vec::new();
+    match top.sweeps {
+        None => p.push("sweeps", "no sweeps defined: add at least one under `sweeps:`"),
+        Some(map) if map.is_empty() => {
+            p.push("sweeps", "no sweeps defined: add at least one under `sweeps:`")
+        }
+        Some(map) => {
+            for (name, node) in map {
+                let path = yaml::join("sweeps", &name);
+                name_ok(&mut p, &path, &name);
+                if let Some(raw) = p.decode::<RawSweep>(node, &path) {
+                    if let Some(s) = sweep(&mut p, &path, &name, raw, &refs) {
+                        sweeps.push(s);
+                    }
+                }
+            }
+        }
+    }
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    Ok(Config {
+        databases,
+        metrics: metrics.expect("metrics validated"),
+        queues,
+        evidence,
+        sweeps,
+    })
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
+
+/// Validate every entry of a named section.
+fn section<T>(
+    p: &mut Problems,
+    map: Option<BTreeMap<String, Node>>,
+    name: &str,
+    each: fn(&mut Problems, &str, &str, Node) -> Option<T>,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    for (key, node) in map.unwrap_or_default() {
+        let path = yaml::join(name, &key);
+        name_ok(p, &path, &key);
+        if let Some(v) = each(p, &path, &key, node) {
+            out.insert(key, v);
+        }
+    }
+    out
+}
+
+/// Names become metric labels and ledger keys: keep them plain.
+fn name_ok(p: &mut Problems, path: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        p.push(
+            path,
+            format!("invalid name {name:?}: use letters, digits, `_` and `-` (at most 64)"),
+        );
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|_| {
+        format!("invalid duration {s:?}: expected a number and a unit, e.g. 90s, 10m, 1h30m, 2d")
+    })
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("duration {s:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn duration_or(
+    p: &mut Problems,
+    path: &str,
+    value: Option<&String>,
+    default: Duration,
+) -> Option<Duration> {
+    match value {
+        None => Some(default),
+        Some(s) => p.check(path, positive_duration(s)),
+    }
+}
+
+fn database(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<DatabaseConfig> {
+    let raw: RawDatabase = p.decode(node, path)?;
+    let url_path = yaml::join(path, "url");
+    let dialect = p.check(&url_path, dialect_of(&raw.url));
+    let ledger_table = p.check(
+        &yaml::join(path, "ledger_table"),
+        Ident::parse(raw.ledger_table.as_deref().unwrap_or("sweeper_ledger"), true),
+    );
+    let max_connections = raw.max_connections.unwrap_or(4);
+    if max_connections == 0 {
+        p.push(yaml::join(path, "max_connections"), "must be at least 1");
+    }
+    let connect_timeout = duration_or(
+        p,
+        &yaml::join(path, "connect_timeout"),
+        raw.connect_timeout.as_ref(),
+        Duration::from_secs(10),
+    );
+    Some(DatabaseConfig {
+        name: name.to_string(),
+        url: raw.url,
+        dialect: dialect?,
+        ledger_table: ledger_table?,
+        max_connections,
+        connect_timeout: connect_timeout?,
+    })
+}
+
+fn dialect_of(url: &str) -> Result<Dialect, String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err("database url is empty".into());
+    }
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        Ok(Dialect::Postgres)
+    } else if lower.starts_with("sqlite:") {
+        Ok(Dialect::Sqlite)
+    } else if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
+        Err("MySQL/MariaDB databases are not supported yet (postgres:// and sqlite: are)".into())
+    } else {
+        Err(format!(
+            "unsupported database url {:?}: expected postgres://, postgresql:// or sqlite:",
+            redact_url(url)
+        ))
+    }
+}
+
+fn metrics_config(p: &mut Problems, raw: RawMetrics) -> Option<MetricsConfig> {
+    let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = p.check(
+        "metrics.listen",
+        listen
+            .parse()
+            .map_err(|_| format!("invalid listen address {listen:?}: expected host:port, e.g. 127.0.0.1:9187")),
+    )?;
+    Some(MetricsConfig { listen })
+}
+
+const QUEUE_KINDS: &str = "resque, sidekiq, jsonl";
+
+fn kind_of(p: &mut Problems, path: &str, node: &Node, kinds: &str) -> Option<String> {
+    match node.get("kind") {
+        None => {
+            p.push(path, format!("missing `kind` (one of {kinds})"));
+            None
+        }
+        Some(k) => match k.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                p.push(
+                    yaml::join(path, "kind"),
+                    format!("expected a string (one of {kinds}), found {}", yaml::type_name(k)),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn redis_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
+    let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    if ok {
+        Some(url.to_string())
+    } else {
+        p.push(
+            path,
+            format!(
+                "invalid redis url {:?}: expected redis://host:port/db",
+                redact_url(url)
+            ),
+        );
+        None
+    }
+}
+
+fn presence(p: &mut Problems, path: &str, raw: Option<RawPresence>) -> Option<PresenceConfig> {
+    match raw {
+        None | Some(RawPresence::Enabled(false)) => None,
+        Some(RawPresence::Enabled(true)) => Some(PresenceConfig { max_entries: 10_000 }),
+        Some(RawPresence::Options(o)) => {
+            let max_entries = o.max_entries.unwrap_or(10_000);
+            if max_entries == 0 {
+                p.push(yaml::join(path, "max_entries"), "must be at least 1");
+            }
+            Some(PresenceConfig { max_entries })
+        }
+    }
+}
+
+fn namespace_ok(p: &mut Problems, path: &str, ns: &str) {
+    if ns.is_empty() || ns.contains(char::is_whitespace) {
+        p.push(path, format!("invalid namespace {ns:?}: must be non-empty, without spaces"));
+    }
+}
+
+fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueConfig> {
+    let kind = kind_of(p, path, &node, QUEUE_KINDS)?;
+    let kind = match kind.as_str() {
+        "resque" => {
+            let raw: RawResque = p.decode(node, path)?;
+            let namespace = raw.namespace.unwrap_or_else(|| "resque".into());
+            namespace_ok(p, &yaml::join(path, "namespace"), &namespace);
+            let redis = redis_url(p, &yaml::join(path, "redis"), &raw.redis);
+            let heartbeat_timeout = duration_or(
+                p,
+                &yaml::join(path, "worker_heartbeat_timeout"),
+                raw.worker_heartbeat_timeout.as_ref(),
+                Duration::from_secs(300),
+            );
+            QueueKind::Resque(ResqueConfig {
+                redis: redis?,
+                namespace,
+                presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
+                require_workers: raw.require_workers.unwrap_or(false),
+                heartbeat_timeout: heartbeat_timeout?,
+            })
+        }
+        "sidekiq" => {
+            let raw: RawSidekiq = p.decode(node, path)?;
+            if let Some(ns) = &raw.namespace {
+                namespace_ok(p, &yaml::join(path, "namespace"), ns);
+            }
+            let redis = redis_url(p, &yaml::join(path, "redis"), &raw.redis);
+            let retry = raw.retry.unwrap_or(serde_json::Value::Bool(true));
+            let retry_ok = retry.is_boolean() || retry.as_u64().is_some();
+            if !retry_ok {
+                p.push(
+                    yaml::join(path, "retry"),
+                    format!("expected true, false or a number of retries, found {retry}"),
+                );
+            }
+            let job_fields = raw.job_fields.unwrap_or_default();
+            for k in job_fields.keys() {
+                if SIDEKIQ_RESERVED.contains(&k.as_str()) {
+                    p.push(
+                        yaml::join(&yaml::join(path, "job_fields"), k),
+                        format!("`{k}` is set by sweeper and cannot be overridden"),
+                    );
+                }
+            }
+            QueueKind::Sidekiq(SidekiqConfig {
+                redis: redis?,
+                namespace: raw.namespace,
+                retry,
+                job_fields,
+                presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
+                require_workers: raw.require_workers.unwrap_or(false),
+            })
+        }
+        "jsonl" => {
+            let raw: RawJsonl = p.decode(node, path)?;
+            if raw.path.trim().is_empty() {
+                p.push(yaml::join(path, "path"), "path is empty");
+                return None;
+            }
+            QueueKind::Jsonl {
+                path: raw.path.into(),
+            }
+        }
+        other => {
+            p.push(
+                yaml::join(path, "kind"),
+                format!("unknown queue kind {other:?} (one of {QUEUE_KINDS})"),
+            );
+            return None;
+        }
+    };
+    Some(QueueConfig {
+        name: name.to_string(),
+        kind,
+    })
+}
+
+/// Payload fields sweeper writes itself for Sidekiq.
+const SIDEKIQ_RESERVED: &[&str] = &[
+    "class",
+    "args",
+    "jid",
+    "queue",
+    "created_at",
+    "enqueued_at",
+    "retry",
+];
+
+const EVIDENCE_KINDS: &str = "log";
+const LOG_FORMATS: &str = "postfix, exim, custom, jsonl";
+
+fn evidence_source(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<EvidenceConfig> {
+    let kind = kind_of(p, path, &node, EVIDENCE_KINDS)?;
+    let kind = match kind.as_str() {
+        "log" => {
+            let raw: RawLogSource = p.decode(node, path)?;
+            EvidenceKind::Log(log_source(p, path, raw)?)
+        }
+        other => {
+            p.push(
+                yaml::join(path, "kind"),
+                format!("unknown evidence kind {other:?} (one of {EVIDENCE_KINDS})"),
+            );
+            return None;
+        }
+    };
+    Some(EvidenceConfig {
+        name: name.to_string(),
+        kind,
+    })
+}
+
+pub fn parse_offset(s: &str) -> Result<FixedOffset, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("utc") || t == "Z" {
+        return Ok(FixedOffset::east_opt(0).expect("zero"));
+    }
+    let err = || format!("invalid utc_offset {s:?}: expected UTC or ±HH:MM, e.g. +01:00");
+    let (sign, rest) = match t.as_bytes().first() {
+        Some(b'+') => (1, &t[1..]),
+        Some(b'-') => (-1, &t[1..]),
+        _ => return Err(err()),
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "00"));
+    let h: i32 = h.parse().map_err(|_| err())?;
+    let m: i32 = m.parse().map_err(|_| err())?;
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+        return Err(err());
+    }
+    FixedOffset::east_opt(sign * (h * 3600 + m * 60)).ok_or_else(err)
+}
+
+/// A JSON pointer, or a dotted path turned into one.
+fn pointer(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("field path is empty".into());
+    }
+    if s.starts_with('/') {
+        return Ok(s.to_string());
+    }
+    Ok(s.split('.')
+        .map(|seg| format!("/{}", seg.replace('~', "~0").replace('/', "~1")))
+        .collect())
+}
+
+fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSourceConfig> {
+    let sub = |k: &str| yaml::join(path, k);
+    if raw.paths.is_empty() {
+        p.push(sub("paths"), "at least one path (glob) is needed");
+    }
+    for (i, g) in raw.paths.iter().enumerate() {
+        if let Err(e) = glob::Pattern::new(g) {
+            p.push(
+                yaml::join(&sub("paths"), &format!("[{i}]")),
+                format!("invalid glob {g:?}: {}", e.msg),
+            );
+        }
+    }
+    let utc_offset = match &raw.utc_offset {
+        None => Some(FixedOffset::east_opt(0).expect("zero")),
+        Some(s) => p.check(&sub("utc_offset"), parse_offset(s)),
+    };
+    let slack = match &raw.slack {
+        None => Some(Duration::from_secs(600)),
+        Some(s) => p.check(&sub("slack"), parse_duration(s)),
+    };
+    let only_for = |p: &mut Problems, present: bool, key: &str, formats: &str| {
+        if present {
+            p.push(sub(key), format!("`{key}` only applies to format {formats}"));
+        }
+    };
+    let statuses = |p: &mut Problems| -> Option<StatusMap> {
+        let sent = raw.sent.clone().unwrap_or_default();
+        if sent.is_empty() {
+            p.push(
+                sub("sent"),
+                "list the status values that mean delivered, e.g. sent: [delivered]",
+            );
+            return None;
+        }
+        Some(StatusMap {
+            sent,
+            failed: raw.failed.clone().unwrap_or_default(),
+        })
+    };
+    let format = match raw.format.as_str() {
+        f @ ("postfix" | "exim") => {
+            only_for(p, raw.patterns.is_some(), "patterns", "custom");
+            only_for(p, raw.sent.is_some(), "sent", "custom or jsonl");
+            only_for(p, raw.failed.is_some(), "failed", "custom or jsonl");
+            for (k, v) in [
+                ("key_field", &raw.key_field),
+                ("status_field", &raw.status_field),
+                ("recipient_field", &raw.recipient_field),
+                ("time_field", &raw.time_field),
+            ] {
+                only_for(p, v.is_some(), k, "jsonl");
+            }
+            if f == "postfix" {
+                LogFormat::Postfix
+            } else {
+                LogFormat::Exim
+            }
+        }
+        "custom" => {
+            for (k, v) in [
+                ("key_field", &raw.key_field),
+                ("status_field", &raw.status_field),
+                ("recipient_field", &raw.recipient_field),
+                ("time_field", &raw.time_field),
+            ] {
+                only_for(p, v.is_some(), k, "jsonl");
+            }
+            let patterns = raw.patterns.clone().unwrap_or_default();
+            if patterns.is_empty() {
+                p.push(
+                    sub("patterns"),
+                    "format custom needs `patterns`: regexes with named captures key, join, status",
+                );
+            }
+            let mut compiled = Vec::new();
+            let (mut has_key, mut has_status) = (false, false);
+            for (i, pat) in patterns.iter().enumerate() {
+                let ppath = yaml::join(&sub("patterns"), &format!("[{i}]"));
+                match regex::bytes::Regex::new(pat) {
+                    Err(e) => p.push(ppath, format!("invalid regex: {e}")),
+                    Ok(re) => {
+                        let names: Vec<&str> = re.capture_names().flatten().collect();
+                        let known = ["key", "join", "status", "rcpt", "time"];
+                        if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+                            p.push(
+                                &ppath,
+                                format!(
+                                    "unknown capture group {bad:?} (use key, join, status, rcpt, time)"
+                                ),
+                            );
+                        }
+                        if !names.contains(&"key") && !names.contains(&"join") {
+                            p.push(&ppath, "pattern needs a `key` or `join` named capture");
+                        }
+                        has_key |= names.contains(&"key");
+                        has_status |= names.contains(&"status");
+                        compiled.push(re);
+                    }
+                }
+            }
+            if !patterns.is_empty() && compiled.len() == patterns.len() {
+                if !has_key {
+                    p.push(sub("patterns"), "no pattern captures `key` (the lookup value)");
+                }
+                if !has_status {
+                    p.push(sub("patterns"), "no pattern captures `status`");
+                }
+            }
+            LogFormat::Custom(CustomSpec {
+                patterns: compiled,
+                statuses: statuses(p)?,
+            })
+        }
+        "jsonl" => {
+            only_for(p, raw.patterns.is_some(), "patterns", "custom");
+            let required = |p: &mut Problems, key: &str, v: &Option<String>| match v {
+                None => {
+                    p.push(sub(key), format!("format jsonl needs `{key}` (a JSON pointer)"));
+                    None
+                }
+                Some(s) => p.check(&sub(key), pointer(s)),
+            };
+            let optional = |p: &mut Problems, key: &str, v: &Option<String>| {
+                v.as_ref().and_then(|s| p.check(&sub(key), pointer(s)))
+            };
+            let key = required(p, "key_field", &raw.key_field);
+            let status = required(p, "status_field", &raw.status_field);
+            let recipient = optional(p, "recipient_field", &raw.recipient_field);
+            let time = optional(p, "time_field", &raw.time_field);
+            LogFormat::Jsonl(JsonlSpec {
+                key: key?,
+                status: status?,
+                recipient,
+                time,
+                statuses: statuses(p)?,
+            })
+        }
+        other => {
+            p.push(
+                sub("format"),
+                format!("unknown log format {other:?} (one of {LOG_FORMATS})"),
+            );
+            return None;
+        }
+    };
+    Some(LogSourceConfig {
+        format,
+        paths: raw.paths,
+        utc_offset: utc_offset?,
+        slack: slack?,
+    })
+}
+
+struct Refs<'a> {
+    databases: &'a BTreeMap<String, DatabaseConfig>,
+    queues: &'a BTreeMap<String, QueueConfig>,
+    evidence: &'a BTreeMap<String, EvidenceConfig>,
+}
+
+fn known(names: impl Iterator<Item = impl AsRef<str>>) -> String {
+    let v: Vec<String> = names.map(|n| n.as_ref().to_string()).collect();
+    if v.is_empty() {
+        "none are defined".to_string()
+    } else {
+        format!("defined: {}", v.join(", "))
+    }
+}
+
+fn state_value(p: &mut Problems, path: &str, raw: Option<RawStateValue>, default: &str) -> Option<StateValue> {
+    match raw {
+        None => Some(StateValue::Str(default.to_string())),
+        Some(RawStateValue::Int(i)) => Some(StateValue::Int(i)),
+        Some(RawStateValue::Str(s)) => {
+            if s.is_empty() || s.chars().any(char::is_control) || s.len() > 100 {
+                p.push(path, format!("invalid state value {s:?}: non-empty, printable, at most 100 characters"));
+                None
+            } else {
+                Some(StateValue::Str(s))
+            }
+        }
+    }
+}
+
+fn sweep(p: &mut Problems, path: &str, name: &str, raw: RawSweep, refs: &Refs<'_>) -> Option<SweepConfig> {
+    let sub = |k: &str| yaml::join(path, k);
+    if !refs.databases.contains_key(&raw.database) {
+        p.push(
+            sub("database"),
+            format!(
+                "unknown database {:?} ({})",
+                raw.database,
+                known(refs.databases.keys())
+            ),
+        );
+    }
+    let table = p.check(&sub("table"), Ident::parse(&raw.table, true));
+    let key = p.check(&sub("key"), Ident::parse(&raw.key, false));
+    let state_column = p.check(&sub("state_column"), Ident::parse(&raw.state_column, false));
+    let timestamp_column = p.check(&sub("timestamp_column"), Ident::parse(&raw.timestamp_column, false));
+
+    let s = raw.states.unwrap_or(RawStates {
+        pending: None,
+        sending: None,
+        sent: None,
+        error: None,
+    });
+    let spath = sub("states");
+    let states = (
+        state_value(p, &yaml::join(&spath, "pending"), s.pending, "pending"),
+        state_value(p, &yaml::join(&spath, "sending"), s.sending, "sending"),
+        state_value(p, &yaml::join(&spath, "sent"), s.sent, "sent"),
+        state_value(p, &yaml::join(&spath, "error"), s.error, "error"),
+    );
+    let states = match states {
+        (Some(pending), Some(sending), Some(sent), Some(error)) => {
+            let all = [&pending, &sending, &sent, &error];
+            let distinct = all
+                .iter()
+                .enumerate()
+                .all(|(i, a)| all[i + 1..].iter().all(|b| a != b));
+            if !distinct {
+                p.push(&spath, "the four state values must be different from each other");
+            }
+            Some(States {
+                pending,
+                sending,
+                sent,
+                error,
+            })
+        }
+        _ => None,
+    };
+
+    let every = duration_or(p, &sub("every"), raw.every.as_ref(), Duration::from_secs(60));
+
+    let mut job = None;
+    let pending = raw.pending.and_then(|rp| {
+        let pp = sub("pending");
+        let after = p.check(&yaml::join(&pp, "after"), positive_duration(&rp.after));
+        if !refs.queues.contains_key(&rp.queue) {
+            p.push(
+                yaml::join(&pp, "queue"),
+                format!("unknown queue {:?} ({})", rp.queue, known(refs.queues.keys())),
+            );
+        }
+        let jp = yaml::join(&pp, "job");
+        if rp.job.queue.trim().is_empty() {
+            p.push(yaml::join(&jp, "queue"), "job queue name is empty");
+        }
+        if rp.job.class.trim().is_empty() {
+            p.push(yaml::join(&jp, "class"), "job class is empty");
+        }
+        let args: Vec<Option<Ident>> = rp
+            .job
+            .args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                p.check(
+                    &yaml::join(&yaml::join(&jp, "args"), &format!("[{i}]")),
+                    Ident::parse(a, false),
+                )
+            })
+            .collect();
+        let max_attempts = rp.max_attempts.unwrap_or(5);
+        if max_attempts == 0 {
+            p.push(yaml::join(&pp, "max_attempts"), "must be at least 1");
+        }
+        let backoff = rp.backoff.and_then(|b| {
+            let bp = yaml::join(&pp, "backoff");
+            if !(b.factor.is_finite() && b.factor >= 1.0) {
+                p.push(yaml::join(&bp, "factor"), format!("factor must be at least 1.0, found {}", b.factor));
+            }
+            let max = p.check(&yaml::join(&bp, "max"), positive_duration(&b.max))?;
+            if let Some(a) = after {
+                if max < a {
+                    p.push(yaml::join(&bp, "max"), "backoff max must be at least `after`");
+                }
+            }
+            Some(Backoff {
+                factor: b.factor,
+                max,
+            })
+        });
+        let args: Option<Vec<Ident>> = args.into_iter().collect();
+        job = Some(JobConfig {
+            queue_ref: rp.queue,
+            queue: rp.job.queue,
+            class: rp.job.class,
+            args: args?,
+        });
+        Some(PendingRule {
+            after: after?,
+            max_attempts,
+            backoff,
+        })
+    });
+
+    let mut evidence = Vec::new();
+    let sending = raw.sending.and_then(|rs| {
+        let sp = sub("sending");
+        let after = p.check(&yaml::join(&sp, "after"), positive_duration(&rs.after));
+        for (i, e) in rs.evidence.iter().enumerate() {
+            let ep = yaml::join(&yaml::join(&sp, "evidence"), &format!("[{i}]"));
+            if !refs.evidence.contains_key(&e.source) {
+                p.push(
+                    yaml::join(&ep, "source"),
+                    format!(
+                        "unknown evidence source {:?} ({})",
+                        e.source,
+                        known(refs.evidence.keys())
+                    ),
+                );
+            }
+            if let Some(column) = p.check(&yaml::join(&ep, "match"), Ident::parse(&e.match_column, false)) {
+                evidence.push(EvidenceRef {
+                    source: e.source.clone(),
+                    column,
+                });
+            }
+        }
+        let give_up_after = duration_or(
+            p,
+            &yaml::join(&sp, "give_up_after"),
+            rs.give_up_after.as_ref(),
+            Duration::from_secs(24 * 3600),
+        );
+        if let (Some(a), Some(g)) = (after, give_up_after) {
+            if g < a {
+                p.push(
+                    yaml::join(&sp, "give_up_after"),
+                    "give_up_after must be at least `after`",
+                );
+            }
+        }
+        let policy = match rs.on_no_evidence.as_deref().unwrap_or("leave") {
+            "leave" => Some(GiveUpPolicy::Leave),
+            "error" => Some(GiveUpPolicy::Error),
+            "requeue" => Some(GiveUpPolicy::Requeue),
+            other => {
+                p.push(
+                    yaml::join(&sp, "on_no_evidence"),
+                    format!("unknown policy {other:?} (one of leave, error, requeue)"),
+                );
+                None
+            }
+        };
+        Some(SendingRule {
+            after: after?,
+            give_up_after: give_up_after?,
+            on_no_evidence: policy?,
+        })
+    });
+    if let Some(s) = &sending {
+        if s.on_no_evidence == GiveUpPolicy::Requeue && job.is_none() {
+            p.push(
+                sub("sending.on_no_evidence"),
+                "on_no_evidence: requeue needs a `pending` section (its queue and job)",
+            );
+        }
+    }
+
+    let limits = match raw.limits {
+        None => Limits::default(),
+        Some(l) => {
+            let lp = sub("limits");
+            let d = Limits::default();
+            let batch_size = l.batch_size.unwrap_or(d.batch_size);
+            if !(1..=10_000).contains(&batch_size) {
+                p.push(yaml::join(&lp, "batch_size"), format!("batch_size must be 1..=10000, found {batch_size}"));
+            }
+            let max_actions = l.max_actions.unwrap_or(d.max_actions);
+            if max_actions == 0 {
+                p.push(yaml::join(&lp, "max_actions"), "max_actions must be at least 1");
+            }
+            Limits {
+                batch_size,
+                max_actions,
+                hold_above: l.hold_above,
+            }
+        }
+    };
+
+    if pending.is_none() && sending.is_none() && !p.0.iter().any(|(pp, _)| pp.starts_with(path)) {
+        p.push(path, "a sweep needs a `pending` or a `sending` section (or both)");
+    }
+
+    Some(SweepConfig {
+        name: name.to_string(),
+        database: raw.database,
+        table: table?,
+        key: key?,
+        state_column: state_column?,
+        timestamp_column: timestamp_column?,
+        states: states?,
+        every: every?,
+        rules: Rules {
+            pending,
+            sending,
+            limits,
+        },
+        job,
+        evidence,
+    })
+}

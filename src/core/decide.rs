@@ -1,0 +1,726 @@
+//! The decision function and the planner: pure functions from rows, their
+//! ledger entries, evidence and `now` to decisions.
+//!
+//! Owns: every rule about what happens to a stuck row, including the brakes
+//! (`hold_above`, `max_actions`, `require_workers`).
+//! Does not own: reading rows, asking sources, or applying decisions.
+
+use super::model::{
+    Action, Decision, FailReason, InFlightReason, LedgerEntry, Presence, Reason, RowState,
+    SourceVerdict, StuckRow, Timestamp, Verdict,
+};
+use chrono::TimeDelta;
+use std::time::Duration;
+
+/// What a sweep does with its stuck rows: the core's view of a sweep config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rules {
+    pub pending: Option<PendingRule>,
+    pub sending: Option<SendingRule>,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingRule {
+    /// A pending row untouched this long has lost its job.
+    pub after: Duration,
+    /// Requeues before giving up and marking the row `error`.
+    pub max_attempts: u32,
+    pub backoff: Option<Backoff>,
+}
+
+/// Per-row requeue backoff: the wait before requeue number `n + 1` is
+/// `after × factor^n`, capped at `max`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backoff {
+    pub factor: f64,
+    pub max: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SendingRule {
+    /// A sending row this old is looked at.
+    pub after: Duration,
+    /// Without a verdict by this age, `on_no_evidence` applies.
+    pub give_up_after: Duration,
+    pub on_no_evidence: GiveUpPolicy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveUpPolicy {
+    /// Leave the row for a human (it stays visible in metrics).
+    Leave,
+    /// Mark it `error`.
+    Error,
+    /// Put it back to `pending` and requeue its job.
+    Requeue,
+}
+
+impl GiveUpPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUpPolicy::Leave => "leave",
+            GiveUpPolicy::Error => "error",
+            GiveUpPolicy::Requeue => "requeue",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Rows per query and per write batch.
+    pub batch_size: u32,
+    /// Writing actions per pass; the rest are held until the next pass.
+    pub max_actions: u32,
+    /// Storm brake: with more stale rows than this, hold unbacked actions.
+    pub hold_above: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            batch_size: 500,
+            max_actions: 1000,
+            hold_above: None,
+        }
+    }
+}
+
+/// Everything known about one row besides the row itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RowContext<'a> {
+    pub ledger: Option<&'a LedgerEntry>,
+    /// One verdict per configured evidence source, in configured order.
+    pub evidence: &'a [SourceVerdict],
+    /// `None` when no presence check ran.
+    pub presence: Option<Presence>,
+}
+
+/// Sweep-wide facts the brakes need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Brakes {
+    /// Stale rows (pending + sending past their thresholds) in the table now.
+    pub stale_rows: u64,
+    /// `Some(false)` when the queue requires live workers and has none.
+    pub workers_alive: Option<bool>,
+}
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+/// How long to wait after the latest requeue before requeue number
+/// `attempts + 1`.
+pub fn requeue_interval(rule: &PendingRule, attempts: u32) -> Duration {
+    match &rule.backoff {
+        None => rule.after,
+        Some(b) => {
+            let exp = i32::try_from(attempts).unwrap_or(i32::MAX);
+            let secs = rule.after.as_secs_f64() * b.factor.powi(exp);
+            if !secs.is_finite() || secs >= b.max.as_secs_f64() {
+                b.max
+            } else {
+                Duration::from_secs_f64(secs)
+            }
+        }
+    }
+}
+
+/// Decide what to do with one stuck row. Total: every input has an answer.
+pub fn decide(rules: &Rules, row: &StuckRow, ctx: &RowContext<'_>, now: Timestamp) -> Decision {
+    let age = now - row.updated_at;
+    match row.state {
+        RowState::Pending => match &rules.pending {
+            Some(rule) => decide_pending(rule, row, ctx, age, now),
+            None => Decision::new(Action::Leave, Reason::Fresh),
+        },
+        RowState::Sending => match &rules.sending {
+            Some(rule) => decide_sending(rules, rule, row, ctx, age, now),
+            None => Decision::new(Action::Leave, Reason::Fresh),
+        },
+    }
+}
+
+/// Requeues already made for this version of the row.
+fn live_ledger<'a>(row: &StuckRow, ctx: &RowContext<'a>) -> Option<&'a LedgerEntry> {
+    ctx.ledger.filter(|l| l.version == row.version)
+}
+
+fn decide_pending(
+    rule: &PendingRule,
+    row: &StuckRow,
+    ctx: &RowContext<'_>,
+    age: TimeDelta,
+    now: Timestamp,
+) -> Decision {
+    if age < delta(rule.after) {
+        return Decision::new(Action::Leave, Reason::Fresh);
+    }
+    requeue_or_give_up(rule, row, ctx, now, Reason::StalePending)
+}
+
+/// The shared tail of "this row's job should run again": respect the requeue
+/// interval, the presence check and `max_attempts`.
+fn requeue_or_give_up(
+    rule: &PendingRule,
+    row: &StuckRow,
+    ctx: &RowContext<'_>,
+    now: Timestamp,
+    reason: Reason,
+) -> Decision {
+    let ledger = live_ledger(row, ctx);
+    let attempts = ledger.map_or(0, |l| l.attempts);
+    if let Some(l) = ledger {
+        if now - l.last_requeued_at < delta(requeue_interval(rule, attempts)) {
+            return Decision::new(Action::Leave, Reason::RecentlyRequeued);
+        }
+    }
+    match ctx.presence {
+        Some(Presence::Queued) => return Decision::new(Action::Hold, Reason::StillQueued),
+        Some(Presence::Running) => return Decision::new(Action::Hold, Reason::Running),
+        Some(Presence::Absent) | None => {}
+    }
+    if attempts >= rule.max_attempts {
+        return Decision::new(Action::MarkError, Reason::AttemptsExhausted);
+    }
+    Decision::requeue(reason, attempts + 1)
+}
+
+fn decide_sending(
+    rules: &Rules,
+    rule: &SendingRule,
+    row: &StuckRow,
+    ctx: &RowContext<'_>,
+    age: TimeDelta,
+    now: Timestamp,
+) -> Decision {
+    if age < delta(rule.after) {
+        return Decision::new(Action::Leave, Reason::Fresh);
+    }
+    match combine(ctx.evidence) {
+        Combined::Delivered => Decision::new(Action::MarkSent, Reason::Delivered),
+        Combined::Failed(r) => Decision::new(Action::MarkError, fail_reason(r)),
+        Combined::Conflict => Decision::new(Action::Hold, Reason::Conflict),
+        Combined::Unavailable => Decision::new(Action::Leave, Reason::EvidenceUnavailable),
+        Combined::Open { deferred } => {
+            if age < delta(rule.give_up_after) {
+                let reason = if deferred {
+                    Reason::Deferred
+                } else {
+                    Reason::AwaitingEvidence
+                };
+                return Decision::new(Action::Leave, reason);
+            }
+            match rule.on_no_evidence {
+                super::decide::GiveUpPolicy::Leave => {
+                    Decision::new(Action::Leave, Reason::NoEvidence)
+                }
+                GiveUpPolicy::Error => Decision::new(Action::MarkError, Reason::NoEvidence),
+                GiveUpPolicy::Requeue => match &rules.pending {
+                    Some(p) => requeue_or_give_up(p, row, ctx, now, Reason::NoEvidence),
+                    // Validation requires a pending rule for this policy;
+                    // without one there is no job to requeue.
+                    None => Decision::new(Action::Leave, Reason::NoEvidence),
+                },
+            }
+        }
+    }
+}
+
+fn fail_reason(r: FailReason) -> Reason {
+    match r {
+        FailReason::Bounced => Reason::Bounced,
+        FailReason::Expired => Reason::Expired,
+        FailReason::PartialDelivery => Reason::PartialDelivery,
+        FailReason::Rejected => Reason::Rejected,
+    }
+}
+
+/// What several sources say together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combined {
+    Delivered,
+    Failed(FailReason),
+    /// Definitive verdicts that contradict each other.
+    Conflict,
+    /// No definitive verdict and at least one source failed to answer.
+    Unavailable,
+    /// No definitive verdict; `deferred` when some source knows it is retrying.
+    Open { deferred: bool },
+}
+
+/// First definitive verdict wins; a delivered and a failed verdict together
+/// are a conflict.
+pub fn combine(evidence: &[SourceVerdict]) -> Combined {
+    let mut first: Option<Combined> = None;
+    let (mut delivered, mut failed) = (false, false);
+    let (mut unavailable, mut deferred) = (false, false);
+    for sv in evidence {
+        match &sv.verdict {
+            Verdict::Delivered => {
+                delivered = true;
+                first.get_or_insert(Combined::Delivered);
+            }
+            Verdict::Failed { reason } => {
+                failed = true;
+                first.get_or_insert(Combined::Failed(*reason));
+            }
+            Verdict::InFlight {
+                reason: InFlightReason::Deferred,
+            } => deferred = true,
+            Verdict::InFlight {
+                reason: InFlightReason::Queued,
+            }
+            | Verdict::NotFound => {}
+            Verdict::Unavailable => unavailable = true,
+        }
+    }
+    if delivered && failed {
+        return Combined::Conflict;
+    }
+    match first {
+        Some(c) => c,
+        None if unavailable => Combined::Unavailable,
+        None => Combined::Open { deferred },
+    }
+}
+
+/// Writes not backed by evidence: the ones the storm and no-workers brakes
+/// hold. Settling a row from a delivery or bounce record is always safe.
+fn unbacked(d: &Decision) -> bool {
+    match d.action {
+        Action::Requeue => true,
+        Action::MarkError => matches!(d.reason, Reason::AttemptsExhausted | Reason::NoEvidence),
+        Action::MarkSent | Action::Leave | Action::Hold => false,
+    }
+}
+
+/// Decide every row of one sweep for one pass, applying the brakes:
+/// `hold_above` and `require_workers` hold unbacked writes; `max_actions`
+/// caps the writes of the pass (the rest are held until the next one).
+pub fn plan<'a>(
+    rules: &Rules,
+    rows: impl IntoIterator<Item = (&'a StuckRow, RowContext<'a>)>,
+    brakes: Brakes,
+    now: Timestamp,
+) -> Vec<Decision> {
+    let storm = rules
+        .limits
+        .hold_above
+        .is_some_and(|limit| brakes.stale_rows > limit);
+    let no_workers = brakes.workers_alive == Some(false);
+    let mut writes = 0u32;
+    rows.into_iter()
+        .map(|(row, ctx)| {
+            let mut d = decide(rules, row, &ctx, now);
+            if unbacked(&d) {
+                if storm {
+                    d = Decision::new(Action::Hold, Reason::Storm);
+                } else if no_workers {
+                    d = Decision::new(Action::Hold, Reason::NoWorkers);
+                }
+            }
+            if d.action.writes() {
+                if writes >= rules.limits.max_actions {
+                    d = Decision::new(Action::Hold, Reason::MaxActions);
+                } else {
+                    writes += 1;
+                }
+            }
+            d
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(secs: i64) -> Timestamp {
+        chrono::Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+    const MIN: i64 = 60;
+    const HOUR: i64 = 3600;
+
+    fn rules() -> Rules {
+        Rules {
+            pending: Some(PendingRule {
+                after: Duration::from_secs(10 * 60),
+                max_attempts: 3,
+                backoff: None,
+            }),
+            sending: Some(SendingRule {
+                after: Duration::from_secs(15 * 60),
+                give_up_after: Duration::from_secs(24 * 3600),
+                on_no_evidence: GiveUpPolicy::Leave,
+            }),
+            limits: Limits::default(),
+        }
+    }
+
+    fn row(state: RowState, updated: i64) -> StuckRow {
+        StuckRow {
+            key: "42".into(),
+            key_int: Some(42),
+            state,
+            updated_at: t(updated),
+            version: format!("v{updated}"),
+            args: vec![],
+            lookups: vec![Some("<m@x>".into())],
+        }
+    }
+
+    fn sv(verdict: Verdict) -> SourceVerdict {
+        SourceVerdict {
+            source: "postfix".into(),
+            verdict,
+            detail: String::new(),
+            references: vec![],
+        }
+    }
+
+    fn failed(reason: FailReason) -> Verdict {
+        Verdict::Failed { reason }
+    }
+    fn deferred() -> Verdict {
+        Verdict::InFlight {
+            reason: InFlightReason::Deferred,
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        state: RowState,
+        age: i64,
+        ledger: Option<(u32, i64, bool)>, // attempts, requeued secs ago, same version
+        evidence: Vec<Verdict>,
+        presence: Option<Presence>,
+        policy: GiveUpPolicy,
+        want: (Action, Reason, Option<u32>),
+    }
+
+    fn case(name: &'static str, state: RowState, age: i64) -> Case {
+        Case {
+            name,
+            state,
+            age,
+            ledger: None,
+            evidence: vec![],
+            presence: None,
+            policy: GiveUpPolicy::Leave,
+            want: (Action::Leave, Reason::Fresh, None),
+        }
+    }
+
+    impl Case {
+        fn ledger(mut self, attempts: u32, ago: i64, same_version: bool) -> Self {
+            self.ledger = Some((attempts, ago, same_version));
+            self
+        }
+        fn evidence(mut self, v: Vec<Verdict>) -> Self {
+            self.evidence = v;
+            self
+        }
+        fn presence(mut self, p: Presence) -> Self {
+            self.presence = Some(p);
+            self
+        }
+        fn policy(mut self, p: GiveUpPolicy) -> Self {
+            self.policy = p;
+            self
+        }
+        fn want(mut self, a: Action, r: Reason) -> Self {
+            self.want = (a, r, None);
+            self
+        }
+        fn want_requeue(mut self, r: Reason, attempt: u32) -> Self {
+            self.want = (Action::Requeue, r, Some(attempt));
+            self
+        }
+    }
+
+    #[test]
+    fn decide_covers_every_branch() {
+        use Action::*;
+        use RowState::*;
+        let now = t(0);
+        let cases = vec![
+            case("fresh pending is left", Pending, -5 * MIN).want(Leave, Reason::Fresh),
+            case("stale pending never requeued is requeued", Pending, -11 * MIN)
+                .want_requeue(Reason::StalePending, 1),
+            case("pending exactly at threshold is requeued", Pending, -10 * MIN)
+                .want_requeue(Reason::StalePending, 1),
+            case("recently requeued pending waits", Pending, -2 * HOUR)
+                .ledger(1, 3 * MIN, true)
+                .want(Leave, Reason::RecentlyRequeued),
+            case("requeued long ago is requeued again", Pending, -2 * HOUR)
+                .ledger(1, 11 * MIN, true)
+                .want_requeue(Reason::StalePending, 2),
+            case("attempts exhausted marks error", Pending, -2 * HOUR)
+                .ledger(3, 11 * MIN, true)
+                .want(MarkError, Reason::AttemptsExhausted),
+            case("exhausted but requeued recently still waits", Pending, -2 * HOUR)
+                .ledger(3, 1 * MIN, true)
+                .want(Leave, Reason::RecentlyRequeued),
+            case("ledger for an older row version is ignored", Pending, -2 * HOUR)
+                .ledger(3, 1 * MIN, false)
+                .want_requeue(Reason::StalePending, 1),
+            case("job still queued is held", Pending, -2 * HOUR)
+                .presence(Presence::Queued)
+                .want(Hold, Reason::StillQueued),
+            case("job running is held", Pending, -2 * HOUR)
+                .ledger(3, 20 * MIN, true)
+                .presence(Presence::Running)
+                .want(Hold, Reason::Running),
+            case("absent job is requeued", Pending, -2 * HOUR)
+                .presence(Presence::Absent)
+                .want_requeue(Reason::StalePending, 1),
+            case("fresh sending is left", Sending, -14 * MIN).want(Leave, Reason::Fresh),
+            case("stale sending delivered marks sent", Sending, -20 * MIN)
+                .evidence(vec![Verdict::Delivered])
+                .want(MarkSent, Reason::Delivered),
+            case("stale sending bounced marks error", Sending, -20 * MIN)
+                .evidence(vec![failed(FailReason::Bounced)])
+                .want(MarkError, Reason::Bounced),
+            case("expired marks error", Sending, -20 * MIN)
+                .evidence(vec![failed(FailReason::Expired)])
+                .want(MarkError, Reason::Expired),
+            case("partial delivery marks error", Sending, -20 * MIN)
+                .evidence(vec![failed(FailReason::PartialDelivery)])
+                .want(MarkError, Reason::PartialDelivery),
+            case("provider rejection marks error", Sending, -20 * MIN)
+                .evidence(vec![failed(FailReason::Rejected)])
+                .want(MarkError, Reason::Rejected),
+            case("no verdict before give-up waits", Sending, -2 * HOUR)
+                .evidence(vec![Verdict::NotFound])
+                .want(Leave, Reason::AwaitingEvidence),
+            case("deferred before give-up waits as deferred", Sending, -2 * HOUR)
+                .evidence(vec![deferred()])
+                .want(Leave, Reason::Deferred),
+            case("queued at provider waits", Sending, -2 * HOUR)
+                .evidence(vec![Verdict::InFlight {
+                    reason: InFlightReason::Queued,
+                }])
+                .want(Leave, Reason::AwaitingEvidence),
+            case("give-up policy leave", Sending, -25 * HOUR)
+                .evidence(vec![Verdict::NotFound])
+                .want(Leave, Reason::NoEvidence),
+            case("give-up policy error", Sending, -25 * HOUR)
+                .evidence(vec![Verdict::NotFound])
+                .policy(GiveUpPolicy::Error)
+                .want(MarkError, Reason::NoEvidence),
+            case("give-up policy requeue", Sending, -25 * HOUR)
+                .evidence(vec![deferred()])
+                .policy(GiveUpPolicy::Requeue)
+                .want_requeue(Reason::NoEvidence, 1),
+            case("give-up requeue respects the ledger", Sending, -25 * HOUR)
+                .ledger(3, 11 * MIN, true)
+                .policy(GiveUpPolicy::Requeue)
+                .want(MarkError, Reason::AttemptsExhausted),
+            case("unavailable source decides nothing even past give-up", Sending, -25 * HOUR)
+                .evidence(vec![Verdict::NotFound, Verdict::Unavailable])
+                .policy(GiveUpPolicy::Error)
+                .want(Leave, Reason::EvidenceUnavailable),
+            case("a definitive verdict beats an unavailable source", Sending, -20 * MIN)
+                .evidence(vec![Verdict::Unavailable, Verdict::Delivered])
+                .want(MarkSent, Reason::Delivered),
+            case("first definitive verdict wins", Sending, -20 * MIN)
+                .evidence(vec![
+                    failed(FailReason::Expired),
+                    failed(FailReason::Bounced),
+                ])
+                .want(MarkError, Reason::Expired),
+            case("delivered and failed conflict", Sending, -20 * MIN)
+                .evidence(vec![Verdict::Delivered, failed(FailReason::Bounced)])
+                .want(Hold, Reason::Conflict),
+        ];
+        for c in cases {
+            let mut rules = rules();
+            rules.sending.as_mut().unwrap().on_no_evidence = c.policy;
+            let r = row(c.state, c.age);
+            let ledger = c.ledger.map(|(attempts, ago, same)| LedgerEntry {
+                attempts,
+                last_requeued_at: t(-ago),
+                version: if same {
+                    r.version.clone()
+                } else {
+                    "older".into()
+                },
+            });
+            let evidence: Vec<SourceVerdict> = c.evidence.into_iter().map(sv).collect();
+            let ctx = RowContext {
+                ledger: ledger.as_ref(),
+                evidence: &evidence,
+                presence: c.presence,
+            };
+            let d = decide(&rules, &r, &ctx, now);
+            assert_eq!((d.action, d.reason, d.attempt), c.want, "case: {}", c.name);
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let rule = PendingRule {
+            after: Duration::from_secs(600),
+            max_attempts: 10,
+            backoff: Some(Backoff {
+                factor: 2.0,
+                max: Duration::from_secs(3600),
+            }),
+        };
+        let table = [(0, 600), (1, 1200), (2, 2400), (3, 3600), (9, 3600), (400, 3600)];
+        for (attempts, want) in table {
+            assert_eq!(
+                requeue_interval(&rule, attempts),
+                Duration::from_secs(want),
+                "attempts {attempts}"
+            );
+        }
+        let plain = PendingRule {
+            backoff: None,
+            ..rule
+        };
+        assert_eq!(requeue_interval(&plain, 7), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn backoff_delays_the_second_requeue() {
+        let mut rules = rules();
+        rules.pending.as_mut().unwrap().backoff = Some(Backoff {
+            factor: 3.0,
+            max: Duration::from_secs(10 * 3600),
+        });
+        let r = row(RowState::Pending, -5 * HOUR);
+        let ledger = LedgerEntry {
+            attempts: 1,
+            last_requeued_at: t(-20 * MIN),
+            version: r.version.clone(),
+        };
+        let ctx = RowContext {
+            ledger: Some(&ledger),
+            ..Default::default()
+        };
+        // 20 min since the first requeue < 10 min × 3.
+        let d = decide(&rules, &r, &ctx, t(0));
+        assert_eq!(d.reason, Reason::RecentlyRequeued);
+        let d = decide(&rules, &r, &ctx, t(11 * MIN));
+        assert_eq!((d.action, d.attempt), (Action::Requeue, Some(2)));
+    }
+
+    fn stale_rows(n: usize) -> Vec<StuckRow> {
+        (0..n)
+            .map(|i| {
+                let mut r = row(RowState::Pending, -HOUR);
+                r.key = i.to_string();
+                r
+            })
+            .collect()
+    }
+
+    fn plan_all(rules: &Rules, rows: &[StuckRow], ev: &[SourceVerdict], brakes: Brakes) -> Vec<Decision> {
+        plan(
+            rules,
+            rows.iter().map(|r| {
+                (
+                    r,
+                    RowContext {
+                        evidence: ev,
+                        ..Default::default()
+                    },
+                )
+            }),
+            brakes,
+            t(0),
+        )
+    }
+
+    #[test]
+    fn storm_brake_holds_requeues_above_threshold() {
+        let mut rules = rules();
+        rules.limits.hold_above = Some(10);
+        let rows = stale_rows(50);
+        let ds = plan_all(
+            &rules,
+            &rows,
+            &[],
+            Brakes {
+                stale_rows: 50,
+                workers_alive: None,
+            },
+        );
+        assert_eq!(ds.len(), 50);
+        assert!(ds
+            .iter()
+            .all(|d| d.action == Action::Hold && d.reason == Reason::Storm));
+        let ds = plan_all(
+            &rules,
+            &rows[..10],
+            &[],
+            Brakes {
+                stale_rows: 10,
+                workers_alive: None,
+            },
+        );
+        assert!(ds.iter().all(|d| d.action == Action::Requeue));
+    }
+
+    #[test]
+    fn storm_brake_lets_evidence_backed_marks_through() {
+        let mut rules = rules();
+        rules.limits.hold_above = Some(1);
+        let rows = vec![row(RowState::Sending, -HOUR)];
+        let ev = [sv(Verdict::Delivered)];
+        let ds = plan_all(
+            &rules,
+            &rows,
+            &ev,
+            Brakes {
+                stale_rows: 100,
+                workers_alive: Some(false),
+            },
+        );
+        assert_eq!(ds[0].action, Action::MarkSent);
+    }
+
+    #[test]
+    fn no_workers_holds_requeues() {
+        let rows = stale_rows(3);
+        let ds = plan_all(
+            &rules(),
+            &rows,
+            &[],
+            Brakes {
+                stale_rows: 3,
+                workers_alive: Some(false),
+            },
+        );
+        assert!(ds.iter().all(|d| d.reason == Reason::NoWorkers && d.action == Action::Hold));
+    }
+
+    #[test]
+    fn max_actions_caps_writes_per_pass() {
+        let mut rules = rules();
+        rules.limits.max_actions = 4;
+        let rows = stale_rows(10);
+        let ds = plan_all(&rules, &rows, &[], Brakes::default());
+        let requeued = ds.iter().filter(|d| d.action == Action::Requeue).count();
+        let held = ds
+            .iter()
+            .filter(|d| d.action == Action::Hold && d.reason == Reason::MaxActions)
+            .count();
+        assert_eq!((requeued, held), (4, 6));
+        // Attempt numbers are per row, not per pass.
+        assert!(ds[..4].iter().all(|d| d.attempt == Some(1)));
+    }
+
+    #[test]
+    fn leaves_do_not_use_the_action_budget() {
+        let mut rules = rules();
+        rules.limits.max_actions = 1;
+        let mut rows = vec![row(RowState::Pending, -MIN); 3];
+        rows.push(row(RowState::Pending, -HOUR));
+        let ds = plan_all(&rules, &rows, &[], Brakes::default());
+        assert_eq!(ds[3].action, Action::Requeue);
+    }
+}

@@ -1,0 +1,12 @@
+//! The functional core: plain data in, decisions and text out.
+//!
+//! Owns: the model (`model`), evidence matching (`evidence`), the decision
+//! function and planner (`decide`), and report rendering (`report`).
+//! Does not own: any I/O. Nothing here reads a clock, a file, a socket or the
+//! environment; `now` is always an argument, and nothing here can fail on
+//! I/O (ARCHITECTURE.md, invariant 1).
+
+pub mod decide;
+pub mod evidence;
+pub mod model;
+pub mod report;

@@ -1,0 +1,118 @@
+//! `sweeper check`: after validation, reach every database, sweep table,
+//! queue and evidence source named in the config and say what was found.
+//! Prints one line per thing checked; exit 1 if anything is unreachable.
+
+use super::cli::{EXIT_FAILED, EXIT_OK};
+use crate::adapters::db::Db;
+use crate::adapters::logfile;
+use crate::adapters::queue::QueueClient;
+use crate::config::{Config, EvidenceKind};
+
+pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
+    let mut failed = 0usize;
+    let mut fail = |what: String| {
+        println!("FAIL  {what}");
+        failed += 1;
+    };
+    println!(
+        "ok    config: {} database(s), {} queue(s), {} evidence source(s), {} sweep(s)",
+        cfg.databases.len(),
+        cfg.queues.len(),
+        cfg.evidence.len(),
+        cfg.sweeps.len()
+    );
+    for (name, dcfg) in &cfg.databases {
+        let db = match Db::connect(dcfg).await {
+            Ok(db) => db,
+            Err(e) => {
+                fail(e.to_string());
+                continue;
+            }
+        };
+        match db.now().await {
+            Ok(now) => println!(
+                "ok    database {name} ({}): reachable, clock {}",
+                dcfg.redacted_url(),
+                now.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            Err(e) => fail(e.to_string()),
+        }
+        match db.ledger_exists().await {
+            Ok(true) => println!("ok    database {name}: ledger table {} present", dcfg.ledger_table),
+            Ok(false) => println!(
+                "ok    database {name}: ledger table {} not created yet (the first real pass or `sweeper migrate` creates it)",
+                dcfg.ledger_table
+            ),
+            Err(e) => fail(e.to_string()),
+        }
+        for sweep in cfg.sweeps.iter().filter(|s| &s.database == name) {
+            match db.sweep_table(sweep).await {
+                Ok(_) => {
+                    println!(
+                        "ok    sweep {}: table {} has columns {}, {}, {}{}",
+                        sweep.name,
+                        sweep.table,
+                        sweep.key,
+                        sweep.state_column,
+                        sweep.timestamp_column,
+                        if sweep.job.as_ref().is_some_and(|j| !j.args.is_empty())
+                            || !sweep.evidence.is_empty()
+                        {
+                            " and every arg/match column"
+                        } else {
+                            ""
+                        }
+                    );
+                    println!(
+                        "      recommended index: {}",
+                        Db::recommended_index(sweep, dcfg.dialect)
+                    );
+                }
+                Err(e) => fail(format!("sweep {}: {e}", sweep.name)),
+            }
+        }
+        db.close().await;
+    }
+    for (name, qcfg) in &cfg.queues {
+        match QueueClient::connect(qcfg).await {
+            Ok(mut q) => match q.ping().await {
+                Ok(desc) => println!("ok    queue {name}: {desc}"),
+                Err(e) => fail(e.to_string()),
+            },
+            Err(e) => fail(e.to_string()),
+        }
+    }
+    for (name, ecfg) in &cfg.evidence {
+        match &ecfg.kind {
+            EvidenceKind::Log(l) => match logfile::resolve(name, &l.paths) {
+                Ok(files) => {
+                    let unreadable: Vec<String> = files
+                        .iter()
+                        .filter_map(|f| logfile::open(f).err().map(|e| format!("{}: {e}", f.display())))
+                        .collect();
+                    if unreadable.is_empty() {
+                        println!(
+                            "ok    evidence {name}: {} log, {} file(s), read oldest first: {}",
+                            l.format.as_str(),
+                            files.len(),
+                            files
+                                .iter()
+                                .map(|f| f.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    } else {
+                        fail(format!("evidence {name}: cannot read {}", unreadable.join("; ")));
+                    }
+                }
+                Err(e) => fail(e.to_string()),
+            },
+        }
+    }
+    Ok(if failed > 0 {
+        println!("{failed} check(s) failed");
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    })
+}

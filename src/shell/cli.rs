@@ -1,0 +1,262 @@
+//! The command line: argument parsing, logging setup, exit codes, and the
+//! thin commands that call the pass and print its report.
+//!
+//! Exit codes: 0 ok, 1 a pass finished with failed actions (or `check`
+//! could not reach something), 2 usage or internal error, 78 invalid config.
+
+use super::pass::{run_pass, Connections, PassOptions};
+use crate::config::{self, Config, LoadError};
+use crate::core::report::{render_json, render_markdown, render_text};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sweeper",
+    version,
+    about = "Finds jobs stuck in your app's tables, requeues lost ones, settles ambiguous sends from evidence",
+    long_about = None
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// Config file.
+    #[arg(short = 'c', long = "config", env = "SWEEPER_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build a throwaway SQLite app + mail log, print a dry run and a real pass.
+    Demo {
+        /// Keep the demo files in this directory instead of a temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// One pass over every sweep (cron / Kubernetes CronJob).
+    Once {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this sweep (repeatable).
+        #[arg(long = "sweep")]
+        sweeps: Vec<String>,
+        /// Plan only: write nothing anywhere.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Dry-run plan for on-call: counts, ages, per-row decision and evidence.
+    Report {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long = "sweep")]
+        sweeps: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// List at most this many rows per sweep (counts stay complete).
+        #[arg(long, default_value_t = 200)]
+        max_rows: usize,
+    },
+    /// Validate the config, then reach every database, queue and evidence source.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Create sweeper's ledger table in every configured database.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Parse arguments and run; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(
+        cli.command,
+        Command::Report { .. } | Command::Check { .. } | Command::Demo { .. }
+    );
+    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sweeper: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let code = rt.block_on(run(cli));
+    ExitCode::from(code)
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("sweeper={default},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Load config or print every problem and give exit 78.
+pub fn load_config(path: &std::path::Path) -> Result<Config, u8> {
+    match config::load(path) {
+        Ok(c) => Ok(c),
+        Err(LoadError::Invalid(errs)) => {
+            eprint!("{errs}");
+            Err(EXIT_CONFIG)
+        }
+        Err(e @ LoadError::Read { .. }) => {
+            eprintln!("sweeper: {e}");
+            Err(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Demo { dir } => super::demo::run(dir).await,
+        Command::Once {
+            config,
+            sweeps,
+            dry_run,
+            format,
+        } => {
+            let cfg = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Err(code) = check_sweep_names(&cfg, &sweeps) {
+                return code;
+            }
+            let opts = PassOptions {
+                dry_run,
+                only: sweeps,
+                max_rows: Some(1000),
+                ..Default::default()
+            };
+            pass_and_print(&cfg, &opts, format).await
+        }
+        Command::Report {
+            config,
+            sweeps,
+            format,
+            max_rows,
+        } => {
+            let cfg = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Err(code) = check_sweep_names(&cfg, &sweeps) {
+                return code;
+            }
+            let opts = PassOptions {
+                dry_run: true,
+                only: sweeps,
+                max_rows: Some(max_rows),
+                ..Default::default()
+            };
+            pass_and_print(&cfg, &opts, format).await
+        }
+        Command::Check { config } => {
+            let cfg = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            super::check::run(&cfg).await
+        }
+        Command::Migrate { config } => {
+            let cfg = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            migrate(&cfg).await
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sweeper: {e:#}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn check_sweep_names(cfg: &Config, names: &[String]) -> Result<(), u8> {
+    for n in names {
+        if cfg.sweep(n).is_none() {
+            let known: Vec<&str> = cfg.sweeps.iter().map(|s| s.name.as_str()).collect();
+            eprintln!("sweeper: unknown sweep {n:?} (defined: {})", known.join(", "));
+            return Err(EXIT_USAGE);
+        }
+    }
+    Ok(())
+}
+
+/// Run one pass and print its report; exit 1 when anything failed.
+pub async fn pass_and_print(cfg: &Config, opts: &PassOptions, format: Format) -> anyhow::Result<u8> {
+    let mut conns = Connections::new();
+    let result = run_pass(cfg, &mut conns, opts, chrono::Utc::now()).await;
+    conns.close().await;
+    let text = match format {
+        Format::Text => render_text(&result.report, std::io::stdout().is_terminal()),
+        Format::Markdown => render_markdown(&result.report),
+        Format::Json => render_json(&result.report),
+    };
+    print!("{text}");
+    if format == Format::Json {
+        println!();
+    }
+    Ok(if result.failed() { EXIT_FAILED } else { EXIT_OK })
+}
+
+async fn migrate(cfg: &Config) -> anyhow::Result<u8> {
+    for (name, dcfg) in &cfg.databases {
+        let db = crate::adapters::db::Db::connect(dcfg)
+            .await
+            .with_context(|| format!("migrating database {name}"))?;
+        db.ensure_ledger()
+            .await
+            .with_context(|| format!("migrating database {name}"))?;
+        println!("database {name}: ledger table {} ready", dcfg.ledger_table);
+        db.close().await;
+    }
+    Ok(EXIT_OK)
+}

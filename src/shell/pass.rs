@@ -1,0 +1,777 @@
+//! One pass over the selected sweeps: the path shared by `report`,
+//! `explain`, `once` and `run` up to the plan; a dry run stops there.
+//!
+//! Phases:
+//! 1. collect — per sweep: take its lock (real passes), read the database
+//!    clock, count rows, fetch stuck rows page by page, read the ledger;
+//! 2. evidence — per evidence source, one scan for the lookup keys of *all*
+//!    sweeps' stuck sending rows;
+//! 3. settle — per sweep: plan with the pure core, then (unless dry run)
+//!    apply: guarded updates, queue pushes, ledger writes.
+//!
+//! Owns: orchestration and error accounting. Does not own: decisions
+//! (core::decide) or SQL/wire formats (adapters).
+
+use crate::adapters::db::{Db, DbError, LockGuard, StaleSummary, SweepTable, Target, Transition};
+use crate::adapters::logfile::{self, ScanStats};
+use crate::adapters::queue::{JobRequest, QueueClient, QueueError};
+use crate::config::{Config, EvidenceKind, SweepConfig};
+use crate::core::decide::{plan, Brakes, RowContext};
+use crate::core::evidence::{KeyFilter, TraceStore};
+use crate::core::model::{
+    Action, Decision, LedgerEntry, Outcome, RowState, SourceVerdict, Stage, StuckRow, Timestamp,
+    Verdict,
+};
+use crate::core::report::{
+    Outcomes, PassError, PerState, Report, RowReport, SweepReport, Totals, SCHEMA_VERSION,
+};
+use chrono::TimeDelta;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Connections kept across passes (the daemon reuses them).
+#[derive(Default)]
+pub struct Connections {
+    dbs: HashMap<String, Db>,
+    queues: HashMap<String, QueueClient>,
+    ledger_ready: HashSet<String>,
+}
+
+impl Connections {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The named database, connecting on first use.
+    pub async fn db(&mut self, cfg: &Config, name: &str) -> Result<Db, DbError> {
+        if let Some(db) = self.dbs.get(name) {
+            return Ok(db.clone());
+        }
+        let dcfg = cfg
+            .databases
+            .get(name)
+            .expect("validation resolves database references");
+        let db = Db::connect(dcfg).await?;
+        self.dbs.insert(name.to_string(), db.clone());
+        Ok(db)
+    }
+
+    /// The named queue, connecting on first use.
+    pub async fn queue(&mut self, cfg: &Config, name: &str) -> Result<&mut QueueClient, QueueError> {
+        if !self.queues.contains_key(name) {
+            let qcfg = cfg.queues.get(name).expect("validation resolves queue references");
+            let q = QueueClient::connect(qcfg).await?;
+            self.queues.insert(name.to_string(), q);
+        }
+        Ok(self.queues.get_mut(name).expect("just inserted"))
+    }
+
+    /// Forget a queue connection after an error, so the next use reconnects.
+    pub fn drop_queue(&mut self, name: &str) {
+        self.queues.remove(name);
+    }
+
+    pub async fn close(&mut self) {
+        for db in self.dbs.values() {
+            db.close().await;
+        }
+        self.dbs.clear();
+        self.queues.clear();
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PassOptions {
+    /// Plan only; write nothing anywhere.
+    pub dry_run: bool,
+    /// Only these sweeps (all when empty).
+    pub only: Vec<String>,
+    /// Keep evidence line texts (for `explain`).
+    pub keep_text: bool,
+    /// List at most this many rows per sweep in the report (counts stay complete).
+    pub max_rows: Option<usize>,
+    /// Only this row key (for `explain`); other rows are not listed.
+    pub key: Option<String>,
+}
+
+/// The scan of one evidence source.
+pub struct SourceScan {
+    pub files: Vec<PathBuf>,
+    pub store: TraceStore,
+    pub stats: ScanStats,
+    pub slack: Duration,
+}
+
+/// Everything a pass produced.
+pub struct PassResult {
+    pub report: Report,
+    /// Evidence lookups by (source, verdict label).
+    pub lookups: BTreeMap<(String, &'static str), u64>,
+    /// Per source: the scan, or why it failed.
+    pub scans: BTreeMap<String, Result<SourceScan, String>>,
+    /// Stuck rows and decisions per sweep (for `explain`).
+    pub details: Vec<SweepDetail>,
+}
+
+impl PassResult {
+    /// Whether anything failed (exit code 1).
+    pub fn failed(&self) -> bool {
+        self.report.sweeps.iter().any(SweepReport::failed)
+    }
+}
+
+/// A sweep's rows as decided in this pass.
+pub struct SweepDetail {
+    pub sweep: String,
+    pub now: Option<Timestamp>,
+    pub rows: Vec<(StuckRow, Decision, Vec<SourceVerdict>, Option<LedgerEntry>)>,
+}
+
+/// Phase 1 output for one sweep.
+struct Collected<'c> {
+    sweep: &'c SweepConfig,
+    report: SweepReport,
+    started: Instant,
+    ready: Option<Ready>,
+}
+
+struct Ready {
+    db: Db,
+    table: SweepTable,
+    lock: Option<LockGuard>,
+    now: Timestamp,
+    stale: PerState<StaleSummary>,
+    rows: Vec<StuckRow>,
+    ledger: HashMap<String, LedgerEntry>,
+}
+
+/// Run one pass. `wall_now` is only used for log-year inference and the
+/// report header; decisions use each database's clock.
+pub async fn run_pass(
+    cfg: &Config,
+    conns: &mut Connections,
+    opts: &PassOptions,
+    wall_now: Timestamp,
+) -> PassResult {
+    let selected: Vec<&SweepConfig> = cfg
+        .sweeps
+        .iter()
+        .filter(|s| opts.only.is_empty() || opts.only.contains(&s.name))
+        .collect();
+
+    let mut collected = Vec::with_capacity(selected.len());
+    for s in selected {
+        collected.push(collect(cfg, conns, s, opts).await);
+    }
+
+    let scans = scan_evidence(cfg, &collected, opts, wall_now).await;
+
+    let mut lookups = BTreeMap::new();
+    let mut sweeps = Vec::with_capacity(collected.len());
+    let mut details = Vec::with_capacity(collected.len());
+    for c in collected {
+        let (report, detail) = settle(cfg, conns, c, &scans, opts, &mut lookups).await;
+        sweeps.push(report);
+        details.push(detail);
+    }
+    PassResult {
+        report: Report {
+            schema_version: SCHEMA_VERSION,
+            generated_at: wall_now,
+            dry_run: opts.dry_run,
+            sweeps,
+        },
+        lookups,
+        scans,
+        details,
+    }
+}
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+fn age_secs(now: Timestamp, t: Timestamp) -> f64 {
+    (now - t).num_milliseconds() as f64 / 1000.0
+}
+
+async fn collect<'c>(
+    cfg: &Config,
+    conns: &mut Connections,
+    sweep: &'c SweepConfig,
+    opts: &PassOptions,
+) -> Collected<'c> {
+    let started = Instant::now();
+    let mut report = SweepReport::empty(&sweep.name, &sweep.table.to_string());
+    let ready = match try_collect(cfg, conns, sweep, opts, &mut report).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.errors.push(PassError {
+                stage: e.0,
+                message: e.1,
+            });
+            None
+        }
+    };
+    Collected {
+        sweep,
+        report,
+        started,
+        ready,
+    }
+}
+
+type StageError = (Stage, String);
+
+fn at<E: std::fmt::Display>(stage: Stage) -> impl Fn(E) -> StageError {
+    move |e| (stage, e.to_string())
+}
+
+async fn try_collect(
+    cfg: &Config,
+    conns: &mut Connections,
+    sweep: &SweepConfig,
+    opts: &PassOptions,
+    report: &mut SweepReport,
+) -> Result<Option<Ready>, StageError> {
+    let db = conns.db(cfg, &sweep.database).await.map_err(at(Stage::Fetch))?;
+    let table = db.sweep_table(sweep).await.map_err(at(Stage::Fetch))?;
+    let lock = if opts.dry_run {
+        None
+    } else {
+        match db.try_lock(&sweep.name).await.map_err(at(Stage::Lock))? {
+            Some(l) => Some(l),
+            None => {
+                report.skipped = Some("another sweeper instance holds this sweep's lock".into());
+                return Ok(None);
+            }
+        }
+    };
+    let now = db.now().await.map_err(at(Stage::Fetch))?;
+    let counts = db.state_counts(&table).await.map_err(at(Stage::Fetch))?;
+    report.totals = Totals {
+        pending: counts.pending,
+        sending: counts.sending,
+        error: counts.error,
+    };
+    let mut stale = PerState::<StaleSummary>::default();
+    let mut rows = Vec::new();
+    for state in RowState::ALL {
+        let after = match state {
+            RowState::Pending => sweep.rules.pending.as_ref().map(|r| r.after),
+            RowState::Sending => sweep.rules.sending.as_ref().map(|r| r.after),
+        };
+        let Some(after) = after else { continue };
+        let cutoff = now - delta(after);
+        let summary = db
+            .stale_summary(&table, state, cutoff)
+            .await
+            .map_err(at(Stage::Fetch))?;
+        stale.set(state, summary);
+        report.stuck.set(state, summary.count);
+        report
+            .oldest_stuck_age_seconds
+            .set(state, summary.oldest.map(|o| age_secs(now, o)));
+        if summary.count > 0 {
+            rows.extend(
+                db.stale_rows(&table, state, cutoff)
+                    .await
+                    .map_err(at(Stage::Fetch))?,
+            );
+        }
+    }
+    let ledger = if rows.is_empty() || !db.ledger_exists().await.map_err(at(Stage::Ledger))? {
+        HashMap::new()
+    } else {
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        db.ledger_get(&sweep.name, &keys)
+            .await
+            .map_err(at(Stage::Ledger))?
+    };
+    Ok(Some(Ready {
+        db,
+        table,
+        lock,
+        now,
+        stale,
+        rows,
+        ledger,
+    }))
+}
+
+/// Scan every evidence source once for the lookup keys of all sweeps.
+async fn scan_evidence(
+    cfg: &Config,
+    collected: &[Collected<'_>],
+    opts: &PassOptions,
+    wall_now: Timestamp,
+) -> BTreeMap<String, Result<SourceScan, String>> {
+    let mut wanted: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
+    for c in collected {
+        let Some(ready) = &c.ready else { continue };
+        for row in ready.rows.iter().filter(|r| r.state == RowState::Sending) {
+            for (i, e) in c.sweep.evidence.iter().enumerate() {
+                if let Some(Some(v)) = row.lookups.get(i) {
+                    let k = crate::core::evidence::normalize_key(v);
+                    if !k.is_empty() {
+                        wanted.entry(e.source.as_str()).or_default().insert(k.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (source, keys) in wanted {
+        let ecfg = cfg.evidence.get(source).expect("validation resolves sources");
+        let scan = match &ecfg.kind {
+            EvidenceKind::Log(lcfg) => {
+                let lcfg = lcfg.clone();
+                let name = source.to_string();
+                let keep_text = opts.keep_text;
+                tokio::task::spawn_blocking(move || -> Result<SourceScan, String> {
+                    let files = logfile::resolve(&name, &lcfg.paths).map_err(|e| e.to_string())?;
+                    let mut parser = logfile::parser_for(&lcfg, KeyFilter::Wanted(keys), wall_now);
+                    let mut store = TraceStore::new(keep_text);
+                    let stats = logfile::scan_files(&name, &files, parser.as_mut(), &mut store)
+                        .map_err(|e| e.to_string())?;
+                    Ok(SourceScan {
+                        files,
+                        store,
+                        stats,
+                        slack: lcfg.slack,
+                    })
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("evidence {source}: scan task failed: {e}")))
+            }
+        };
+        if let Err(e) = &scan {
+            tracing::warn!(source, error = %e, "evidence source unavailable");
+        }
+        out.insert(source.to_string(), scan);
+    }
+    out
+}
+
+/// Each configured source's verdict on one row.
+fn row_evidence(
+    sweep: &SweepConfig,
+    row: &StuckRow,
+    scans: &BTreeMap<String, Result<SourceScan, String>>,
+) -> Vec<SourceVerdict> {
+    if row.state != RowState::Sending {
+        return Vec::new();
+    }
+    sweep
+        .evidence
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let lookup = row.lookups.get(i).cloned().flatten().unwrap_or_default();
+            if crate::core::evidence::normalize_key(&lookup).is_empty() {
+                return SourceVerdict {
+                    source: e.source.clone(),
+                    verdict: Verdict::NotFound,
+                    detail: format!("the row has no {} value to look up", e.column),
+                    references: vec![],
+                };
+            }
+            match scans.get(&e.source) {
+                Some(Ok(scan)) => {
+                    let since = row.updated_at - delta(scan.slack);
+                    let kv = scan.store.verdict(&lookup, Some(since));
+                    let mut references = Vec::new();
+                    for m in &kv.instances {
+                        for l in m.lines.iter().take(20) {
+                            let file = scan
+                                .files
+                                .get(l.file as usize)
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default();
+                            references.push(format!("{file}:{}", l.line));
+                        }
+                    }
+                    SourceVerdict {
+                        source: e.source.clone(),
+                        verdict: kv.verdict,
+                        detail: kv.detail,
+                        references,
+                    }
+                }
+                Some(Err(msg)) => SourceVerdict {
+                    source: e.source.clone(),
+                    verdict: Verdict::Unavailable,
+                    detail: msg.clone(),
+                    references: vec![],
+                },
+                None => SourceVerdict {
+                    source: e.source.clone(),
+                    verdict: Verdict::Unavailable,
+                    detail: "source was not scanned".into(),
+                    references: vec![],
+                },
+            }
+        })
+        .collect()
+}
+
+async fn settle(
+    cfg: &Config,
+    conns: &mut Connections,
+    c: Collected<'_>,
+    scans: &BTreeMap<String, Result<SourceScan, String>>,
+    opts: &PassOptions,
+    lookups: &mut BTreeMap<(String, &'static str), u64>,
+) -> (SweepReport, SweepDetail) {
+    let Collected {
+        sweep,
+        mut report,
+        started,
+        ready,
+    } = c;
+    let Some(ready) = ready else {
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        return (
+            report,
+            SweepDetail {
+                sweep: sweep.name.clone(),
+                now: None,
+                rows: vec![],
+            },
+        );
+    };
+    let now = ready.now;
+    let evidence: Vec<Vec<SourceVerdict>> = ready
+        .rows
+        .iter()
+        .map(|r| row_evidence(sweep, r, scans))
+        .collect();
+    for ev in &evidence {
+        for sv in ev {
+            *lookups.entry((sv.source.clone(), sv.verdict.label())).or_default() += 1;
+        }
+    }
+    let brakes = Brakes {
+        stale_rows: ready.stale.pending.count + ready.stale.sending.count,
+        workers_alive: None,
+    };
+    let decisions = plan(
+        &sweep.rules,
+        ready.rows.iter().zip(&evidence).map(|(r, ev)| {
+            (
+                r,
+                RowContext {
+                    ledger: ready.ledger.get(&r.key),
+                    evidence: ev,
+                    presence: None,
+                },
+            )
+        }),
+        brakes,
+        now,
+    );
+    for d in &decisions {
+        *report.decisions.entry(d.action).or_default() += 1;
+        *report.reasons.entry(d.reason).or_default() += 1;
+    }
+
+    let outcomes = if opts.dry_run {
+        vec![Outcome::NotApplied; decisions.len()]
+    } else {
+        let (outcomes, errors) = apply(cfg, conns, sweep, &ready, &decisions, &evidence).await;
+        let mut o = Outcomes::default();
+        for (out, d) in outcomes.iter().zip(&decisions) {
+            match out {
+                Outcome::Applied => *o.applied.entry(d.action).or_default() += 1,
+                Outcome::AlreadyMoved => o.already_moved += 1,
+                Outcome::Failed { .. } => o.failed += 1,
+                Outcome::NotApplied => {}
+            }
+        }
+        report.outcomes = Some(o);
+        report.errors.extend(errors);
+        outcomes
+    };
+
+    let max_rows = opts.max_rows.unwrap_or(usize::MAX);
+    let mut listed = 0usize;
+    for (i, row) in ready.rows.iter().enumerate() {
+        if opts.key.as_deref().is_some_and(|k| k != row.key) {
+            continue;
+        }
+        if listed >= max_rows {
+            report.rows_omitted += 1;
+            continue;
+        }
+        listed += 1;
+        report.rows.push(RowReport {
+            key: row.key.clone(),
+            state: row.state,
+            age_seconds: (now - row.updated_at).num_seconds(),
+            decision: decisions[i].action,
+            reason: decisions[i].reason,
+            attempt: decisions[i].attempt,
+            evidence: evidence[i].clone(),
+            outcome: outcomes[i].clone(),
+        });
+    }
+    if let Some(lock) = ready.lock {
+        lock.release().await;
+    }
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    let detail = SweepDetail {
+        sweep: sweep.name.clone(),
+        now: Some(now),
+        rows: ready
+            .rows
+            .into_iter()
+            .zip(decisions)
+            .zip(evidence)
+            .filter(|((r, _), _)| opts.key.as_deref().is_none_or(|k| k == r.key))
+            .map(|((r, d), ev)| {
+                let l = ready.ledger.get(&r.key).cloned();
+                (r, d, ev, l)
+            })
+            .collect(),
+    };
+    (report, detail)
+}
+
+fn summary(ev: &[SourceVerdict]) -> String {
+    ev.iter()
+        .map(|e| format!("{}: {} ({})", e.source, e.verdict.label(), e.references.join(" ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn audit(sweep: &SweepConfig, row: &StuckRow, d: &Decision, to: &str, ev: &[SourceVerdict]) {
+    tracing::info!(
+        target: "sweeper::audit",
+        sweep = %sweep.name,
+        key = %row.key,
+        from = %row.state,
+        to,
+        action = %d.action,
+        reason = %d.reason,
+        attempt = d.attempt,
+        evidence = %summary(ev),
+        "applied"
+    );
+}
+
+/// Apply the writing decisions. Returns one outcome per row and the
+/// stage errors met.
+async fn apply(
+    cfg: &Config,
+    conns: &mut Connections,
+    sweep: &SweepConfig,
+    ready: &Ready,
+    decisions: &[Decision],
+    evidence: &[Vec<SourceVerdict>],
+) -> (Vec<Outcome>, Vec<PassError>) {
+    let mut outcomes = vec![Outcome::NotApplied; decisions.len()];
+    let mut errors: Vec<PassError> = Vec::new();
+    let batch = ready.table.batch_size.max(1) as usize;
+    let note = |errors: &mut Vec<PassError>, stage: Stage, message: String| {
+        if !errors.iter().any(|e| e.stage == stage && e.message == message) {
+            errors.push(PassError { stage, message });
+        }
+    };
+
+    // Marks: guarded updates, one transaction per batch.
+    let marks: Vec<usize> = (0..decisions.len())
+        .filter(|i| matches!(decisions[*i].action, Action::MarkSent | Action::MarkError))
+        .collect();
+    for chunk in marks.chunks(batch) {
+        let changes: Vec<Transition<'_>> = chunk
+            .iter()
+            .map(|i| Transition {
+                row: &ready.rows[*i],
+                to: if decisions[*i].action == Action::MarkSent {
+                    Target::Sent
+                } else {
+                    Target::Error
+                },
+            })
+            .collect();
+        match ready.db.transition(&ready.table, &changes).await {
+            Ok(applied) => {
+                for (i, ok) in chunk.iter().zip(applied) {
+                    outcomes[*i] = if ok {
+                        let to = if decisions[*i].action == Action::MarkSent {
+                            "sent"
+                        } else {
+                            "error"
+                        };
+                        audit(sweep, &ready.rows[*i], &decisions[*i], to, &evidence[*i]);
+                        Outcome::Applied
+                    } else {
+                        Outcome::AlreadyMoved
+                    };
+                }
+            }
+            Err(e) => {
+                for i in chunk {
+                    outcomes[*i] = Outcome::Failed {
+                        stage: Stage::Update,
+                        error: e.to_string(),
+                    };
+                }
+                note(&mut errors, Stage::Update, e.to_string());
+            }
+        }
+    }
+
+    // Requeues.
+    let requeues: Vec<usize> = (0..decisions.len())
+        .filter(|i| decisions[*i].action == Action::Requeue)
+        .collect();
+    if requeues.is_empty() {
+        return (outcomes, errors);
+    }
+    let Some(job) = &sweep.job else {
+        for i in &requeues {
+            outcomes[*i] = Outcome::Failed {
+                stage: Stage::Enqueue,
+                error: "no pending job configured".into(),
+            };
+        }
+        return (outcomes, errors);
+    };
+    let ledger_key = ready.db.name.clone();
+    if !conns.ledger_ready.contains(&ledger_key) {
+        match ready.db.ensure_ledger().await {
+            Ok(()) => {
+                conns.ledger_ready.insert(ledger_key);
+            }
+            Err(e) => {
+                for i in &requeues {
+                    outcomes[*i] = Outcome::Failed {
+                        stage: Stage::Ledger,
+                        error: e.to_string(),
+                    };
+                }
+                note(&mut errors, Stage::Ledger, e.to_string());
+                return (outcomes, errors);
+            }
+        }
+    }
+    for chunk in requeues.chunks(batch) {
+        // Re-assert every row before pushing: pending rows must still be
+        // pending with the version we read; sending rows are moved back to
+        // pending by a guarded update first.
+        let mut go: Vec<usize> = Vec::with_capacity(chunk.len());
+        let (pend, send): (Vec<usize>, Vec<usize>) = chunk
+            .iter()
+            .partition(|i| ready.rows[**i].state == RowState::Pending);
+        if !pend.is_empty() {
+            let rows: Vec<&StuckRow> = pend.iter().map(|i| &ready.rows[*i]).collect();
+            match ready
+                .db
+                .current_versions(&ready.table, RowState::Pending, &rows)
+                .await
+            {
+                Ok(current) => {
+                    for i in pend {
+                        let r = &ready.rows[i];
+                        if current.get(&r.key) == Some(&r.version) {
+                            go.push(i);
+                        } else {
+                            outcomes[i] = Outcome::AlreadyMoved;
+                        }
+                    }
+                }
+                Err(e) => {
+                    for i in pend {
+                        outcomes[i] = Outcome::Failed {
+                            stage: Stage::Fetch,
+                            error: e.to_string(),
+                        };
+                    }
+                    note(&mut errors, Stage::Fetch, e.to_string());
+                }
+            }
+        }
+        if !send.is_empty() {
+            let changes: Vec<Transition<'_>> = send
+                .iter()
+                .map(|i| Transition {
+                    row: &ready.rows[*i],
+                    to: Target::Pending,
+                })
+                .collect();
+            match ready.db.transition(&ready.table, &changes).await {
+                Ok(applied) => {
+                    for (i, ok) in send.into_iter().zip(applied) {
+                        if ok {
+                            go.push(i);
+                        } else {
+                            outcomes[i] = Outcome::AlreadyMoved;
+                        }
+                    }
+                }
+                Err(e) => {
+                    for i in send {
+                        outcomes[i] = Outcome::Failed {
+                            stage: Stage::Update,
+                            error: e.to_string(),
+                        };
+                    }
+                    note(&mut errors, Stage::Update, e.to_string());
+                }
+            }
+        }
+        if go.is_empty() {
+            continue;
+        }
+        let jobs: Vec<JobRequest<'_>> = go
+            .iter()
+            .map(|i| JobRequest {
+                sweep: &sweep.name,
+                row_key: &ready.rows[*i].key,
+                attempt: decisions[*i].attempt.unwrap_or(1),
+                queue: &job.queue,
+                class: &job.class,
+                args: &ready.rows[*i].args,
+            })
+            .collect();
+        let pushed = match conns.queue(cfg, &job.queue_ref).await {
+            Ok(q) => q.push(&jobs, ready.now).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = pushed {
+            conns.drop_queue(&job.queue_ref);
+            for i in &go {
+                outcomes[*i] = Outcome::Failed {
+                    stage: Stage::Enqueue,
+                    error: e.to_string(),
+                };
+            }
+            note(&mut errors, Stage::Enqueue, e.to_string());
+            continue;
+        }
+        for i in &go {
+            outcomes[*i] = Outcome::Applied;
+            audit(sweep, &ready.rows[*i], &decisions[*i], "queue", &evidence[*i]);
+        }
+        // At-least-once: the push happened; if the ledger write fails the
+        // row may be requeued again next pass. Report it.
+        let entries: Vec<(&str, &str, u32)> = go
+            .iter()
+            .map(|i| {
+                let r = &ready.rows[*i];
+                (r.key.as_str(), r.version.as_str(), decisions[*i].attempt.unwrap_or(1))
+            })
+            .collect();
+        if let Err(e) = ready.db.ledger_put(&sweep.name, &entries, ready.now).await {
+            note(&mut errors, Stage::Ledger, e.to_string());
+        }
+    }
+    // Entries this old belong to rows long settled.
+    let horizon = ready.now - TimeDelta::days(30);
+    if let Err(e) = ready.db.ledger_prune(&sweep.name, horizon).await {
+        note(&mut errors, Stage::Ledger, e.to_string());
+    }
+    (outcomes, errors)
+}
