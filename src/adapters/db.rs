@@ -224,21 +224,23 @@ impl Db {
     /// Column name → type of a table.
     pub async fn columns(&self, table: &Ident) -> Result<Vec<(String, String)>, DbError> {
         let rows = match self.dialect {
-            Dialect::Postgres => sqlx::query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+            Dialect::Postgres => {
+                sqlx::query(
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
                  FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
                  AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            )
-            .bind(table.quoted())
-            .fetch_all(&self.pool)
-            .await,
-            Dialect::Sqlite => sqlx::query(
-                "SELECT name, type FROM pragma_table_info(?1, ?2)",
-            )
-            .bind(table.name().to_string())
-            .bind(table.schema().unwrap_or("main").to_string())
-            .fetch_all(&self.pool)
-            .await,
+                )
+                .bind(table.quoted())
+                .fetch_all(&self.pool)
+                .await
+            }
+            Dialect::Sqlite => {
+                sqlx::query("SELECT name, type FROM pragma_table_info(?1, ?2)")
+                    .bind(table.name().to_string())
+                    .bind(table.schema().unwrap_or("main").to_string())
+                    .fetch_all(&self.pool)
+                    .await
+            }
         }
         .map_err(self.err(format!("describing table {table}")))?;
         let cols: Vec<(String, String)> = rows
@@ -272,7 +274,11 @@ impl Db {
                     db: self.name.clone(),
                     table: sweep.table.to_string(),
                     column: c.name().to_string(),
-                    columns: cols.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                    columns: cols
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 })
         };
         let key_type = type_of(&sweep.key)?;
@@ -288,13 +294,23 @@ impl Db {
             Dialect::Sqlite => TsKind::SqliteAny,
             Dialect::Postgres => {
                 let t = ts_type.to_ascii_lowercase();
-                if t.starts_with("timestamp") && t.contains("with time zone") && !t.contains("without") {
+                if t.starts_with("timestamp")
+                    && t.contains("with time zone")
+                    && !t.contains("without")
+                {
                     TsKind::Tz
                 } else if t.starts_with("timestamp") {
                     TsKind::Naive
-                } else if ["bigint", "integer", "smallint", "double precision", "real", "numeric"]
-                    .iter()
-                    .any(|n| t.starts_with(n))
+                } else if [
+                    "bigint",
+                    "integer",
+                    "smallint",
+                    "double precision",
+                    "real",
+                    "numeric",
+                ]
+                .iter()
+                .any(|n| t.starts_with(n))
                 {
                     TsKind::Epoch
                 } else {
@@ -485,7 +501,12 @@ impl Db {
             .map_err(self.err("re-reading rows before requeue"))?;
         found
             .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get::<Option<String>, _>(1)?.unwrap_or_default())))
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                ))
+            })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(self.err("re-reading rows before requeue"))
     }
@@ -493,11 +514,19 @@ impl Db {
     /// Apply state changes in one transaction, each guarded by the row's
     /// state and version as read. Returns, per transition, whether it
     /// applied (`false` = the row had already moved on).
-    pub async fn transition(&self, t: &SweepTable, changes: &[Transition<'_>]) -> Result<Vec<bool>, DbError> {
+    pub async fn transition(
+        &self,
+        t: &SweepTable,
+        changes: &[Transition<'_>],
+    ) -> Result<Vec<bool>, DbError> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.map_err(self.err("starting a transaction"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.err("starting a transaction"))?;
         let mut applied = Vec::with_capacity(changes.len());
         for c in changes {
             let to = match c.to {
@@ -530,10 +559,12 @@ impl Db {
 
     pub async fn ledger_exists(&self) -> Result<bool, DbError> {
         let exists = match self.dialect {
-            Dialect::Postgres => sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
-                .bind(self.ledger.quoted())
-                .fetch_one(&self.pool)
-                .await,
+            Dialect::Postgres => {
+                sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                    .bind(self.ledger.quoted())
+                    .fetch_one(&self.pool)
+                    .await
+            }
             Dialect::Sqlite => sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
             )
@@ -683,7 +714,11 @@ impl Db {
             Dialect::Sqlite => Ok(Some(LockGuard { conn: None, key: 0 })),
             Dialect::Postgres => {
                 let key = lock_key(sweep);
-                let mut conn = self.pool.acquire().await.map_err(self.err("taking the sweep lock"))?;
+                let mut conn = self
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(self.err("taking the sweep lock"))?;
                 let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                     .bind(key)
                     .fetch_one(&mut *conn)
@@ -720,11 +755,15 @@ impl Db {
         );
         match dialect {
             Dialect::Postgres => {
-                let states = [&sweep.states.pending, &sweep.states.sending, &sweep.states.error]
-                    .iter()
-                    .map(|s| s.sql_literal())
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let states = [
+                    &sweep.states.pending,
+                    &sweep.states.sending,
+                    &sweep.states.error,
+                ]
+                .iter()
+                .map(|s| s.sql_literal())
+                .collect::<Vec<_>>()
+                .join(", ");
                 format!(
                     "CREATE INDEX CONCURRENTLY {name} ON {cols} WHERE {} IN ({states});",
                     sweep.state_column.quoted()
@@ -747,7 +786,10 @@ fn row_from(r: &AnyRow, state: RowState, lookups: usize) -> Result<StuckRow, sql
     let version: Option<String> = r.try_get(2)?;
     let epoch: Option<f64> = r.try_get(3)?;
     let args_text: Option<String> = r.try_get(4)?;
-    let args = match args_text.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+    let args = match args_text
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
         Some(Ok(serde_json::Value::Array(a))) => a,
         _ => Vec::new(),
     };
@@ -780,7 +822,10 @@ impl SweepTable {
     fn key_int(&self) -> String {
         match self.dialect {
             Dialect::Postgres => "NULL::int8".into(),
-            Dialect::Sqlite => format!("(CASE WHEN typeof({k}) = 'integer' THEN {k} END)", k = self.key),
+            Dialect::Sqlite => format!(
+                "(CASE WHEN typeof({k}) = 'integer' THEN {k} END)",
+                k = self.key
+            ),
         }
     }
 

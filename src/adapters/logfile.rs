@@ -155,7 +155,14 @@ pub fn scan_reader(
             if !skipping {
                 let line = &buf[start..end];
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                parser.feed(line, LineRef { file, line: line_no }, store);
+                parser.feed(
+                    line,
+                    LineRef {
+                        file,
+                        line: line_no,
+                    },
+                    store,
+                );
             }
             skipping = false;
             line_no += 1;
@@ -166,7 +173,14 @@ pub fn scan_reader(
         if filled == buf.len() {
             // No newline in a whole buffer: parse its start, skip the rest.
             if !skipping {
-                parser.feed(&buf[..MAX_LINE.min(filled)], LineRef { file, line: line_no }, store);
+                parser.feed(
+                    &buf[..MAX_LINE.min(filled)],
+                    LineRef {
+                        file,
+                        line: line_no,
+                    },
+                    store,
+                );
             }
             skipping = true;
             filled = 0;
@@ -174,7 +188,14 @@ pub fn scan_reader(
     }
     if filled > 0 && !skipping {
         let line = &buf[..filled];
-        parser.feed(line.strip_suffix(b"\r").unwrap_or(line), LineRef { file, line: line_no }, store);
+        parser.feed(
+            line.strip_suffix(b"\r").unwrap_or(line),
+            LineRef {
+                file,
+                line: line_no,
+            },
+            store,
+        );
         line_no += 1;
     } else if filled > 0 || skipping {
         line_no += 1;
@@ -189,7 +210,9 @@ pub fn open(path: &Path) -> io::Result<Box<dyn Read + Send>> {
     let n = f.read(&mut magic)?;
     f.seek(SeekFrom::Start(0))?;
     if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f))))
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::new(f),
+        )))
     } else {
         Ok(Box::new(f))
     }

@@ -250,7 +250,11 @@ impl Ident {
         if parts.len() > if qualified { 2 } else { 1 } {
             return Err(format!(
                 "{s:?} is not a valid SQL identifier (letters, digits and underscore{})",
-                if qualified { ", optionally schema.table" } else { "" }
+                if qualified {
+                    ", optionally schema.table"
+                } else {
+                    ""
+                }
             ));
         }
         for p in &parts {
@@ -263,7 +267,11 @@ impl Ident {
                     "{s:?} is not a valid SQL identifier (letters, digits and underscore, \
                      not starting with a digit, at most {} characters{})",
                     Self::MAX_LEN,
-                    if qualified { ", optionally schema.table" } else { "" }
+                    if qualified {
+                        ", optionally schema.table"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
@@ -474,7 +482,10 @@ mod tests {
     #[test]
     fn urls_are_redacted() {
         let table = [
-            ("postgres://u:secret@h:5432/db", "postgres://u:***@h:5432/db"),
+            (
+                "postgres://u:secret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
             ("postgres://u@h/db", "postgres://u@h/db"),
             ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
             ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),

@@ -11,15 +11,20 @@ use crate::core::decide::{Backoff, GiveUpPolicy, Limits, PendingRule, Rules, Sen
 use crate::core::evidence::custom::{CustomSpec, StatusMap};
 use crate::core::evidence::jsonl::JsonlSpec;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Problems found so far, as (path, message).
 #[derive(Default)]
 struct Problems(Vec<(String, String)>);
 
 impl Problems {
+    /// Record a problem. One per path: a value that failed once (say, an
+    /// unset variable) is not reported again by later checks.
     fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
-        self.0.push((path.into(), msg.into()));
+        let path = path.into();
+        if !self.0.iter().any(|(p, _)| *p == path) {
+            self.0.push((path, msg.into()));
+        }
     }
 
     /// Decode `node` at `path`, recording a failure.
@@ -83,13 +88,29 @@ pub fn validate(
         p.push(path, msg);
     }
     if !root.is_mapping() {
-        p.push("", format!("expected a map at the top level, found {}", yaml::type_name(&root)));
+        p.push(
+            "",
+            format!(
+                "expected a map at the top level, found {}",
+                yaml::type_name(&root)
+            ),
+        );
         return Err(p.0);
     }
     let Some(top) = p.decode::<RawTop<Node>>(root, "") else {
         return Err(p.0);
     };
 
+    let names = |m: &Option<BTreeMap<String, Node>>| -> BTreeSet<String> {
+        m.iter().flat_map(|m| m.keys().cloned()).collect()
+    };
+    // References resolve against every defined name, valid or not, so one
+    // bad entry does not cascade into "unknown …" errors elsewhere.
+    let refs = Refs {
+        databases: names(&top.databases),
+        queues: names(&top.queues),
+        evidence: names(&top.evidence),
+    };
     let databases = section(&mut p, top.databases, "databases", database);
     let metrics = match top.metrics {
         None => Some(MetricsConfig {
@@ -101,17 +122,16 @@ pub fn validate(
     };
     let queues = section(&mut p, top.queues, "queues", queue);
     let evidence = section(&mut p, top.evidence, "evidence", evidence_source);
-    let refs = Refs {
-        databases: &databases,
-        queues: &queues,
-        evidence: &evidence,
-    };
     let mut sweeps = Vec::new();
     match top.sweeps {
-        None => p.push("sweeps", "no sweeps defined: add at least one under `sweeps:`"),
-        Some(map) if map.is_empty() => {
-            p.push("sweeps", "no sweeps defined: add at least one under `sweeps:`")
-        }
+        None => p.push(
+            "sweeps",
+            "no sweeps defined: add at least one under `sweeps:`",
+        ),
+        Some(map) if map.is_empty() => p.push(
+            "sweeps",
+            "no sweeps defined: add at least one under `sweeps:`",
+        ),
         Some(map) => {
             for (name, node) in map {
                 let path = yaml::join("sweeps", &name);
@@ -203,7 +223,10 @@ fn database(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<Data
     let dialect = p.check(&url_path, dialect_of(&raw.url));
     let ledger_table = p.check(
         &yaml::join(path, "ledger_table"),
-        Ident::parse(raw.ledger_table.as_deref().unwrap_or("sweeper_ledger"), true),
+        Ident::parse(
+            raw.ledger_table.as_deref().unwrap_or("sweeper_ledger"),
+            true,
+        ),
     );
     let max_connections = raw.max_connections.unwrap_or(4);
     if max_connections == 0 {
@@ -249,9 +272,9 @@ fn metrics_config(p: &mut Problems, raw: RawMetrics) -> Option<MetricsConfig> {
     let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = p.check(
         "metrics.listen",
-        listen
-            .parse()
-            .map_err(|_| format!("invalid listen address {listen:?}: expected host:port, e.g. 127.0.0.1:9187")),
+        listen.parse().map_err(|_| {
+            format!("invalid listen address {listen:?}: expected host:port, e.g. 127.0.0.1:9187")
+        }),
     )?;
     Some(MetricsConfig { listen })
 }
@@ -269,7 +292,10 @@ fn kind_of(p: &mut Problems, path: &str, node: &Node, kinds: &str) -> Option<Str
             None => {
                 p.push(
                     yaml::join(path, "kind"),
-                    format!("expected a string (one of {kinds}), found {}", yaml::type_name(k)),
+                    format!(
+                        "expected a string (one of {kinds}), found {}",
+                        yaml::type_name(k)
+                    ),
                 );
                 None
             }
@@ -298,7 +324,9 @@ fn redis_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
 fn presence(p: &mut Problems, path: &str, raw: Option<RawPresence>) -> Option<PresenceConfig> {
     match raw {
         None | Some(RawPresence::Enabled(false)) => None,
-        Some(RawPresence::Enabled(true)) => Some(PresenceConfig { max_entries: 10_000 }),
+        Some(RawPresence::Enabled(true)) => Some(PresenceConfig {
+            max_entries: 10_000,
+        }),
         Some(RawPresence::Options(o)) => {
             let max_entries = o.max_entries.unwrap_or(10_000);
             if max_entries == 0 {
@@ -311,7 +339,10 @@ fn presence(p: &mut Problems, path: &str, raw: Option<RawPresence>) -> Option<Pr
 
 fn namespace_ok(p: &mut Problems, path: &str, ns: &str) {
     if ns.is_empty() || ns.contains(char::is_whitespace) {
-        p.push(path, format!("invalid namespace {ns:?}: must be non-empty, without spaces"));
+        p.push(
+            path,
+            format!("invalid namespace {ns:?}: must be non-empty, without spaces"),
+        );
     }
 }
 
@@ -485,7 +516,10 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
     };
     let only_for = |p: &mut Problems, present: bool, key: &str, formats: &str| {
         if present {
-            p.push(sub(key), format!("`{key}` only applies to format {formats}"));
+            p.push(
+                sub(key),
+                format!("`{key}` only applies to format {formats}"),
+            );
         }
     };
     let statuses = |p: &mut Problems| -> Option<StatusMap> {
@@ -565,7 +599,10 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
             }
             if !patterns.is_empty() && compiled.len() == patterns.len() {
                 if !has_key {
-                    p.push(sub("patterns"), "no pattern captures `key` (the lookup value)");
+                    p.push(
+                        sub("patterns"),
+                        "no pattern captures `key` (the lookup value)",
+                    );
                 }
                 if !has_status {
                     p.push(sub("patterns"), "no pattern captures `status`");
@@ -580,7 +617,10 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
             only_for(p, raw.patterns.is_some(), "patterns", "custom");
             let required = |p: &mut Problems, key: &str, v: &Option<String>| match v {
                 None => {
-                    p.push(sub(key), format!("format jsonl needs `{key}` (a JSON pointer)"));
+                    p.push(
+                        sub(key),
+                        format!("format jsonl needs `{key}` (a JSON pointer)"),
+                    );
                     None
                 }
                 Some(s) => p.check(&sub(key), pointer(s)),
@@ -616,10 +656,10 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
     })
 }
 
-struct Refs<'a> {
-    databases: &'a BTreeMap<String, DatabaseConfig>,
-    queues: &'a BTreeMap<String, QueueConfig>,
-    evidence: &'a BTreeMap<String, EvidenceConfig>,
+struct Refs {
+    databases: BTreeSet<String>,
+    queues: BTreeSet<String>,
+    evidence: BTreeSet<String>,
 }
 
 fn known(names: impl Iterator<Item = impl AsRef<str>>) -> String {
@@ -631,13 +671,23 @@ fn known(names: impl Iterator<Item = impl AsRef<str>>) -> String {
     }
 }
 
-fn state_value(p: &mut Problems, path: &str, raw: Option<RawStateValue>, default: &str) -> Option<StateValue> {
+fn state_value(
+    p: &mut Problems,
+    path: &str,
+    raw: Option<RawStateValue>,
+    default: &str,
+) -> Option<StateValue> {
     match raw {
         None => Some(StateValue::Str(default.to_string())),
         Some(RawStateValue::Int(i)) => Some(StateValue::Int(i)),
         Some(RawStateValue::Str(s)) => {
             if s.is_empty() || s.chars().any(char::is_control) || s.len() > 100 {
-                p.push(path, format!("invalid state value {s:?}: non-empty, printable, at most 100 characters"));
+                p.push(
+                    path,
+                    format!(
+                        "invalid state value {s:?}: non-empty, printable, at most 100 characters"
+                    ),
+                );
                 None
             } else {
                 Some(StateValue::Str(s))
@@ -646,22 +696,31 @@ fn state_value(p: &mut Problems, path: &str, raw: Option<RawStateValue>, default
     }
 }
 
-fn sweep(p: &mut Problems, path: &str, name: &str, raw: RawSweep, refs: &Refs<'_>) -> Option<SweepConfig> {
+fn sweep(
+    p: &mut Problems,
+    path: &str,
+    name: &str,
+    raw: RawSweep,
+    refs: &Refs,
+) -> Option<SweepConfig> {
     let sub = |k: &str| yaml::join(path, k);
-    if !refs.databases.contains_key(&raw.database) {
+    if !refs.databases.contains(&raw.database) {
         p.push(
             sub("database"),
             format!(
                 "unknown database {:?} ({})",
                 raw.database,
-                known(refs.databases.keys())
+                known(refs.databases.iter())
             ),
         );
     }
     let table = p.check(&sub("table"), Ident::parse(&raw.table, true));
     let key = p.check(&sub("key"), Ident::parse(&raw.key, false));
     let state_column = p.check(&sub("state_column"), Ident::parse(&raw.state_column, false));
-    let timestamp_column = p.check(&sub("timestamp_column"), Ident::parse(&raw.timestamp_column, false));
+    let timestamp_column = p.check(
+        &sub("timestamp_column"),
+        Ident::parse(&raw.timestamp_column, false),
+    );
 
     let s = raw.states.unwrap_or(RawStates {
         pending: None,
@@ -684,7 +743,10 @@ fn sweep(p: &mut Problems, path: &str, name: &str, raw: RawSweep, refs: &Refs<'_
                 .enumerate()
                 .all(|(i, a)| all[i + 1..].iter().all(|b| a != b));
             if !distinct {
-                p.push(&spath, "the four state values must be different from each other");
+                p.push(
+                    &spath,
+                    "the four state values must be different from each other",
+                );
             }
             Some(States {
                 pending,
@@ -696,16 +758,25 @@ fn sweep(p: &mut Problems, path: &str, name: &str, raw: RawSweep, refs: &Refs<'_
         _ => None,
     };
 
-    let every = duration_or(p, &sub("every"), raw.every.as_ref(), Duration::from_secs(60));
+    let every = duration_or(
+        p,
+        &sub("every"),
+        raw.every.as_ref(),
+        Duration::from_secs(60),
+    );
 
     let mut job = None;
     let pending = raw.pending.and_then(|rp| {
         let pp = sub("pending");
         let after = p.check(&yaml::join(&pp, "after"), positive_duration(&rp.after));
-        if !refs.queues.contains_key(&rp.queue) {
+        if !refs.queues.contains(&rp.queue) {
             p.push(
                 yaml::join(&pp, "queue"),
-                format!("unknown queue {:?} ({})", rp.queue, known(refs.queues.keys())),
+                format!(
+                    "unknown queue {:?} ({})",
+                    rp.queue,
+                    known(refs.queues.iter())
+                ),
             );
         }
         let jp = yaml::join(&pp, "job");
@@ -734,12 +805,18 @@ fn sweep(p: &mut Problems, path: &str, name: &str, raw: RawSweep, refs: &Refs<'_
         let backoff = rp.backoff.and_then(|b| {
             let bp = yaml::join(&pp, "backoff");
             if !(b.factor.is_finite() && b.factor >= 1.0) {
-                p.push(yaml::join(&bp, "factor"), format!("factor must be at least 1.0, found {}", b.factor));
+                p.push(
+                    yaml::join(&bp, "factor"),
+                    format!("factor must be at least 1.0, found {}", b.factor),
+                );
             }
             let max = p.check(&yaml::join(&bp, "max"), positive_duration(&b.max))?;
             if let Some(a) = after {
                 if max < a {
-                    p.push(yaml::join(&bp, "max"), "backoff max must be at least `after`");
+                    p.push(
+                        yaml::join(&bp, "max"),
+                        "backoff max must be at least `after`",
+                    );
                 }
             }
             Some(Backoff {
@@ -767,17 +844,20 @@ fn sweep(p: &mut Problems, path: &str, name: &str, raw: RawSweep, refs: &Refs<'_
         let after = p.check(&yaml::join(&sp, "after"), positive_duration(&rs.after));
         for (i, e) in rs.evidence.iter().enumerate() {
             let ep = yaml::join(&yaml::join(&sp, "evidence"), &format!("[{i}]"));
-            if !refs.evidence.contains_key(&e.source) {
+            if !refs.evidence.contains(&e.source) {
                 p.push(
                     yaml::join(&ep, "source"),
                     format!(
                         "unknown evidence source {:?} ({})",
                         e.source,
-                        known(refs.evidence.keys())
+                        known(refs.evidence.iter())
                     ),
                 );
             }
-            if let Some(column) = p.check(&yaml::join(&ep, "match"), Ident::parse(&e.match_column, false)) {
+            if let Some(column) = p.check(
+                &yaml::join(&ep, "match"),
+                Ident::parse(&e.match_column, false),
+            ) {
                 evidence.push(EvidenceRef {
                     source: e.source.clone(),
                     column,
@@ -832,11 +912,17 @@ fn sweep(p: &mut Problems, path: &str, name: &str, raw: RawSweep, refs: &Refs<'_
             let d = Limits::default();
             let batch_size = l.batch_size.unwrap_or(d.batch_size);
             if !(1..=10_000).contains(&batch_size) {
-                p.push(yaml::join(&lp, "batch_size"), format!("batch_size must be 1..=10000, found {batch_size}"));
+                p.push(
+                    yaml::join(&lp, "batch_size"),
+                    format!("batch_size must be 1..=10000, found {batch_size}"),
+                );
             }
             let max_actions = l.max_actions.unwrap_or(d.max_actions);
             if max_actions == 0 {
-                p.push(yaml::join(&lp, "max_actions"), "max_actions must be at least 1");
+                p.push(
+                    yaml::join(&lp, "max_actions"),
+                    "max_actions must be at least 1",
+                );
             }
             Limits {
                 batch_size,
@@ -847,7 +933,10 @@ fn sweep(p: &mut Problems, path: &str, name: &str, raw: RawSweep, refs: &Refs<'_
     };
 
     if pending.is_none() && sending.is_none() && !p.0.iter().any(|(pp, _)| pp.starts_with(path)) {
-        p.push(path, "a sweep needs a `pending` or a `sending` section (or both)");
+        p.push(
+            path,
+            "a sweep needs a `pending` or a `sending` section (or both)",
+        );
     }
 
     Some(SweepConfig {

@@ -193,14 +193,8 @@ pub struct Locator {
 }
 
 enum Frame {
-    Map {
-        path: String,
-        key: Option<String>,
-    },
-    Seq {
-        path: String,
-        index: usize,
-    },
+    Map { path: String, key: Option<String> },
+    Seq { path: String, index: usize },
 }
 
 #[derive(Default)]
@@ -319,7 +313,7 @@ mod tests {
             ("zzz", (1, 0)),
         ];
         for (path, (line, col)) in table {
-            let got = loc.locate(path).map(|(l, c)| (l, c));
+            let got = loc.locate(path);
             // yaml-rust2 columns are 0-based in practice; compare lines and
             // make sure columns are consistent within a line.
             assert_eq!(got.map(|g| g.0), Some(line), "{path}");

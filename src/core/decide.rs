@@ -246,7 +246,9 @@ pub enum Combined {
     /// No definitive verdict and at least one source failed to answer.
     Unavailable,
     /// No definitive verdict; `deferred` when some source knows it is retrying.
-    Open { deferred: bool },
+    Open {
+        deferred: bool,
+    },
 }
 
 /// First definitive verdict wins; a delivered and a failed verdict together
@@ -447,10 +449,18 @@ mod tests {
         let now = t(0);
         let cases = vec![
             case("fresh pending is left", Pending, -5 * MIN).want(Leave, Reason::Fresh),
-            case("stale pending never requeued is requeued", Pending, -11 * MIN)
-                .want_requeue(Reason::StalePending, 1),
-            case("pending exactly at threshold is requeued", Pending, -10 * MIN)
-                .want_requeue(Reason::StalePending, 1),
+            case(
+                "stale pending never requeued is requeued",
+                Pending,
+                -11 * MIN,
+            )
+            .want_requeue(Reason::StalePending, 1),
+            case(
+                "pending exactly at threshold is requeued",
+                Pending,
+                -10 * MIN,
+            )
+            .want_requeue(Reason::StalePending, 1),
             case("recently requeued pending waits", Pending, -2 * HOUR)
                 .ledger(1, 3 * MIN, true)
                 .want(Leave, Reason::RecentlyRequeued),
@@ -460,12 +470,20 @@ mod tests {
             case("attempts exhausted marks error", Pending, -2 * HOUR)
                 .ledger(3, 11 * MIN, true)
                 .want(MarkError, Reason::AttemptsExhausted),
-            case("exhausted but requeued recently still waits", Pending, -2 * HOUR)
-                .ledger(3, 1 * MIN, true)
-                .want(Leave, Reason::RecentlyRequeued),
-            case("ledger for an older row version is ignored", Pending, -2 * HOUR)
-                .ledger(3, 1 * MIN, false)
-                .want_requeue(Reason::StalePending, 1),
+            case(
+                "exhausted but requeued recently still waits",
+                Pending,
+                -2 * HOUR,
+            )
+            .ledger(3, MIN, true)
+            .want(Leave, Reason::RecentlyRequeued),
+            case(
+                "ledger for an older row version is ignored",
+                Pending,
+                -2 * HOUR,
+            )
+            .ledger(3, MIN, false)
+            .want_requeue(Reason::StalePending, 1),
             case("job still queued is held", Pending, -2 * HOUR)
                 .presence(Presence::Queued)
                 .want(Hold, Reason::StillQueued),
@@ -495,9 +513,13 @@ mod tests {
             case("no verdict before give-up waits", Sending, -2 * HOUR)
                 .evidence(vec![Verdict::NotFound])
                 .want(Leave, Reason::AwaitingEvidence),
-            case("deferred before give-up waits as deferred", Sending, -2 * HOUR)
-                .evidence(vec![deferred()])
-                .want(Leave, Reason::Deferred),
+            case(
+                "deferred before give-up waits as deferred",
+                Sending,
+                -2 * HOUR,
+            )
+            .evidence(vec![deferred()])
+            .want(Leave, Reason::Deferred),
             case("queued at provider waits", Sending, -2 * HOUR)
                 .evidence(vec![Verdict::InFlight {
                     reason: InFlightReason::Queued,
@@ -518,13 +540,21 @@ mod tests {
                 .ledger(3, 11 * MIN, true)
                 .policy(GiveUpPolicy::Requeue)
                 .want(MarkError, Reason::AttemptsExhausted),
-            case("unavailable source decides nothing even past give-up", Sending, -25 * HOUR)
-                .evidence(vec![Verdict::NotFound, Verdict::Unavailable])
-                .policy(GiveUpPolicy::Error)
-                .want(Leave, Reason::EvidenceUnavailable),
-            case("a definitive verdict beats an unavailable source", Sending, -20 * MIN)
-                .evidence(vec![Verdict::Unavailable, Verdict::Delivered])
-                .want(MarkSent, Reason::Delivered),
+            case(
+                "unavailable source decides nothing even past give-up",
+                Sending,
+                -25 * HOUR,
+            )
+            .evidence(vec![Verdict::NotFound, Verdict::Unavailable])
+            .policy(GiveUpPolicy::Error)
+            .want(Leave, Reason::EvidenceUnavailable),
+            case(
+                "a definitive verdict beats an unavailable source",
+                Sending,
+                -20 * MIN,
+            )
+            .evidence(vec![Verdict::Unavailable, Verdict::Delivered])
+            .want(MarkSent, Reason::Delivered),
             case("first definitive verdict wins", Sending, -20 * MIN)
                 .evidence(vec![
                     failed(FailReason::Expired),
@@ -569,7 +599,14 @@ mod tests {
                 max: Duration::from_secs(3600),
             }),
         };
-        let table = [(0, 600), (1, 1200), (2, 2400), (3, 3600), (9, 3600), (400, 3600)];
+        let table = [
+            (0, 600),
+            (1, 1200),
+            (2, 2400),
+            (3, 3600),
+            (9, 3600),
+            (400, 3600),
+        ];
         for (attempts, want) in table {
             assert_eq!(
                 requeue_interval(&rule, attempts),
@@ -618,7 +655,12 @@ mod tests {
             .collect()
     }
 
-    fn plan_all(rules: &Rules, rows: &[StuckRow], ev: &[SourceVerdict], brakes: Brakes) -> Vec<Decision> {
+    fn plan_all(
+        rules: &Rules,
+        rows: &[StuckRow],
+        ev: &[SourceVerdict],
+        brakes: Brakes,
+    ) -> Vec<Decision> {
         plan(
             rules,
             rows.iter().map(|r| {
@@ -695,7 +737,9 @@ mod tests {
                 workers_alive: Some(false),
             },
         );
-        assert!(ds.iter().all(|d| d.reason == Reason::NoWorkers && d.action == Action::Hold));
+        assert!(ds
+            .iter()
+            .all(|d| d.reason == Reason::NoWorkers && d.action == Action::Hold));
     }
 
     #[test]

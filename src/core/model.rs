@@ -354,7 +354,10 @@ impl Decision {
 pub enum Outcome {
     Applied,
     AlreadyMoved,
-    Failed { stage: Stage, error: String },
+    Failed {
+        stage: Stage,
+        error: String,
+    },
     /// Not applied: a dry run, or a non-writing decision.
     NotApplied,
 }

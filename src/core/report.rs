@@ -263,7 +263,13 @@ pub fn render_text(report: &Report, color: bool) -> String {
             );
         }
         for e in &s.errors {
-            let _ = writeln!(out, "  {} at {}: {}", paint.wrap("31", "error"), e.stage, e.message);
+            let _ = writeln!(
+                out,
+                "  {} at {}: {}",
+                paint.wrap("31", "error"),
+                e.stage,
+                e.message
+            );
         }
         if s.rows.is_empty() {
             continue;
@@ -317,7 +323,11 @@ pub fn render_text(report: &Report, color: bool) -> String {
             let _ = writeln!(out, "{}", line.trim_end());
         }
         if s.rows_omitted > 0 {
-            let _ = writeln!(out, "  … and {} more rows (raise --max-rows to list them)", s.rows_omitted);
+            let _ = writeln!(
+                out,
+                "  … and {} more rows (raise --max-rows to list them)",
+                s.rows_omitted
+            );
         }
     }
     out
@@ -347,7 +357,11 @@ pub fn render_markdown(report: &Report) -> String {
             "| rows now | {} | {} | {} |",
             s.totals.pending, s.totals.sending, s.totals.error
         );
-        let _ = writeln!(out, "| stuck | {} | {} | – |", s.stuck.pending, s.stuck.sending);
+        let _ = writeln!(
+            out,
+            "| stuck | {} | {} | – |",
+            s.stuck.pending, s.stuck.sending
+        );
         let age = |v: Option<f64>| v.map(human_age).unwrap_or_else(|| "–".into());
         let _ = writeln!(
             out,
@@ -482,7 +496,10 @@ mod tests {
     fn text_report_lists_counts_and_rows_without_colour_off_tty() {
         let t = render_text(&sample(), false);
         assert!(t.contains("dry run: nothing was changed"), "{t}");
-        assert!(t.contains("stuck:      pending 1 (oldest 2h 13m)   sending 1 (oldest 20m)"), "{t}");
+        assert!(
+            t.contains("stuck:      pending 1 (oldest 2h 13m)   sending 1 (oldest 20m)"),
+            "{t}"
+        );
         assert!(t.contains("requeue #1"), "{t}");
         assert!(t.contains("postfix: delivered — ED054C8803"), "{t}");
         assert!(!t.contains('\x1b'));
@@ -492,7 +509,10 @@ mod tests {
     #[test]
     fn markdown_escapes_pipes() {
         let m = render_markdown(&sample());
-        assert!(m.contains("| `a\\|b` | sending | 20m | mark_sent | delivered |"), "{m}");
+        assert!(
+            m.contains("| `a\\|b` | sending | 20m | mark_sent | delivered |"),
+            "{m}"
+        );
         assert!(m.contains("| stuck | 1 | 1 | – |"), "{m}");
     }
 

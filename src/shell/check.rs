@@ -88,7 +88,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
                 Ok(files) => {
                     let unreadable: Vec<String> = files
                         .iter()
-                        .filter_map(|f| logfile::open(f).err().map(|e| format!("{}: {e}", f.display())))
+                        .filter_map(|f| {
+                            logfile::open(f)
+                                .err()
+                                .map(|e| format!("{}: {e}", f.display()))
+                        })
                         .collect();
                     if unreadable.is_empty() {
                         println!(
@@ -102,7 +106,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
                                 .join(", ")
                         );
                     } else {
-                        fail(format!("evidence {name}: cannot read {}", unreadable.join("; ")));
+                        fail(format!(
+                            "evidence {name}: cannot read {}",
+                            unreadable.join("; ")
+                        ));
                     }
                 }
                 Err(e) => fail(e.to_string()),

@@ -223,7 +223,10 @@ fn check_sweep_names(cfg: &Config, names: &[String]) -> Result<(), u8> {
     for n in names {
         if cfg.sweep(n).is_none() {
             let known: Vec<&str> = cfg.sweeps.iter().map(|s| s.name.as_str()).collect();
-            eprintln!("sweeper: unknown sweep {n:?} (defined: {})", known.join(", "));
+            eprintln!(
+                "sweeper: unknown sweep {n:?} (defined: {})",
+                known.join(", ")
+            );
             return Err(EXIT_USAGE);
         }
     }
@@ -231,7 +234,11 @@ fn check_sweep_names(cfg: &Config, names: &[String]) -> Result<(), u8> {
 }
 
 /// Run one pass and print its report; exit 1 when anything failed.
-pub async fn pass_and_print(cfg: &Config, opts: &PassOptions, format: Format) -> anyhow::Result<u8> {
+pub async fn pass_and_print(
+    cfg: &Config,
+    opts: &PassOptions,
+    format: Format,
+) -> anyhow::Result<u8> {
     let mut conns = Connections::new();
     let result = run_pass(cfg, &mut conns, opts, chrono::Utc::now()).await;
     conns.close().await;
@@ -244,7 +251,11 @@ pub async fn pass_and_print(cfg: &Config, opts: &PassOptions, format: Format) ->
     if format == Format::Json {
         println!();
     }
-    Ok(if result.failed() { EXIT_FAILED } else { EXIT_OK })
+    Ok(if result.failed() {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    })
 }
 
 async fn migrate(cfg: &Config) -> anyhow::Result<u8> {

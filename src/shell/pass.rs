@@ -58,9 +58,16 @@ impl Connections {
     }
 
     /// The named queue, connecting on first use.
-    pub async fn queue(&mut self, cfg: &Config, name: &str) -> Result<&mut QueueClient, QueueError> {
+    pub async fn queue(
+        &mut self,
+        cfg: &Config,
+        name: &str,
+    ) -> Result<&mut QueueClient, QueueError> {
         if !self.queues.contains_key(name) {
-            let qcfg = cfg.queues.get(name).expect("validation resolves queue references");
+            let qcfg = cfg
+                .queues
+                .get(name)
+                .expect("validation resolves queue references");
             let q = QueueClient::connect(qcfg).await?;
             self.queues.insert(name.to_string(), q);
         }
@@ -235,7 +242,10 @@ async fn try_collect(
     opts: &PassOptions,
     report: &mut SweepReport,
 ) -> Result<Option<Ready>, StageError> {
-    let db = conns.db(cfg, &sweep.database).await.map_err(at(Stage::Fetch))?;
+    let db = conns
+        .db(cfg, &sweep.database)
+        .await
+        .map_err(at(Stage::Fetch))?;
     let table = db.sweep_table(sweep).await.map_err(at(Stage::Fetch))?;
     let lock = if opts.dry_run {
         None
@@ -315,7 +325,10 @@ async fn scan_evidence(
                 if let Some(Some(v)) = row.lookups.get(i) {
                     let k = crate::core::evidence::normalize_key(v);
                     if !k.is_empty() {
-                        wanted.entry(e.source.as_str()).or_default().insert(k.to_string());
+                        wanted
+                            .entry(e.source.as_str())
+                            .or_default()
+                            .insert(k.to_string());
                     }
                 }
             }
@@ -323,7 +336,10 @@ async fn scan_evidence(
     }
     let mut out = BTreeMap::new();
     for (source, keys) in wanted {
-        let ecfg = cfg.evidence.get(source).expect("validation resolves sources");
+        let ecfg = cfg
+            .evidence
+            .get(source)
+            .expect("validation resolves sources");
         let scan = match &ecfg.kind {
             EvidenceKind::Log(lcfg) => {
                 let lcfg = lcfg.clone();
@@ -449,7 +465,9 @@ async fn settle(
         .collect();
     for ev in &evidence {
         for sv in ev {
-            *lookups.entry((sv.source.clone(), sv.verdict.label())).or_default() += 1;
+            *lookups
+                .entry((sv.source.clone(), sv.verdict.label()))
+                .or_default() += 1;
         }
     }
     let brakes = Brakes {
@@ -540,7 +558,14 @@ async fn settle(
 
 fn summary(ev: &[SourceVerdict]) -> String {
     ev.iter()
-        .map(|e| format!("{}: {} ({})", e.source, e.verdict.label(), e.references.join(" ")))
+        .map(|e| {
+            format!(
+                "{}: {} ({})",
+                e.source,
+                e.verdict.label(),
+                e.references.join(" ")
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -574,7 +599,10 @@ async fn apply(
     let mut errors: Vec<PassError> = Vec::new();
     let batch = ready.table.batch_size.max(1) as usize;
     let note = |errors: &mut Vec<PassError>, stage: Stage, message: String| {
-        if !errors.iter().any(|e| e.stage == stage && e.message == message) {
+        if !errors
+            .iter()
+            .any(|e| e.stage == stage && e.message == message)
+        {
             errors.push(PassError { stage, message });
         }
     };
@@ -753,7 +781,13 @@ async fn apply(
         }
         for i in &go {
             outcomes[*i] = Outcome::Applied;
-            audit(sweep, &ready.rows[*i], &decisions[*i], "queue", &evidence[*i]);
+            audit(
+                sweep,
+                &ready.rows[*i],
+                &decisions[*i],
+                "queue",
+                &evidence[*i],
+            );
         }
         // At-least-once: the push happened; if the ledger write fails the
         // row may be requeued again next pass. Report it.
@@ -761,7 +795,11 @@ async fn apply(
             .iter()
             .map(|i| {
                 let r = &ready.rows[*i];
-                (r.key.as_str(), r.version.as_str(), decisions[*i].attempt.unwrap_or(1))
+                (
+                    r.key.as_str(),
+                    r.version.as_str(),
+                    decisions[*i].attempt.unwrap_or(1),
+                )
             })
             .collect();
         if let Err(e) = ready.db.ledger_put(&sweep.name, &entries, ready.now).await {

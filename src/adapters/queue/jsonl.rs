@@ -47,7 +47,11 @@ impl JsonlSink {
         }
     }
 
-    pub async fn push(&mut self, jobs: &[JobRequest<'_>], now: Timestamp) -> Result<(), QueueError> {
+    pub async fn push(
+        &mut self,
+        jobs: &[JobRequest<'_>],
+        now: Timestamp,
+    ) -> Result<(), QueueError> {
         let mut buf = String::new();
         for j in jobs {
             buf.push_str(&line(j, now));
@@ -55,7 +59,10 @@ impl JsonlSink {
         }
         let path = self.path.clone();
         let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
             f.write_all(buf.as_bytes())?;
             f.sync_data()
         })

@@ -87,7 +87,9 @@ pub(crate) async fn redis_connect(
 impl QueueClient {
     pub async fn connect(cfg: &QueueConfig) -> Result<QueueClient, QueueError> {
         Ok(match &cfg.kind {
-            QueueKind::Resque(r) => QueueClient::Resque(resque::Resque::connect(&cfg.name, r).await?),
+            QueueKind::Resque(r) => {
+                QueueClient::Resque(resque::Resque::connect(&cfg.name, r).await?)
+            }
             QueueKind::Sidekiq(s) => {
                 QueueClient::Sidekiq(sidekiq::Sidekiq::connect(&cfg.name, s).await?)
             }
@@ -99,7 +101,11 @@ impl QueueClient {
     }
 
     /// Push every job; one round trip per batch where the queue allows.
-    pub async fn push(&mut self, jobs: &[JobRequest<'_>], now: Timestamp) -> Result<(), QueueError> {
+    pub async fn push(
+        &mut self,
+        jobs: &[JobRequest<'_>],
+        now: Timestamp,
+    ) -> Result<(), QueueError> {
         if jobs.is_empty() {
             return Ok(());
         }

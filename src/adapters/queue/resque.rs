@@ -38,8 +38,11 @@ impl Resque {
         let mut pipe = redis::pipe();
         for j in jobs {
             pipe.sadd(self.key("queues"), j.queue).ignore();
-            pipe.rpush(self.key(&format!("queue:{}", j.queue)), payload(j.class, j.args))
-                .ignore();
+            pipe.rpush(
+                self.key(&format!("queue:{}", j.queue)),
+                payload(j.class, j.args),
+            )
+            .ignore();
         }
         pipe.query_async::<()>(&mut self.conn)
             .await
@@ -76,7 +79,13 @@ mod tests {
 
     #[test]
     fn payload_matches_ruby_resque() {
-        let args = [json!(42), json!("hello"), json!(null), json!(1.5), json!({"k": [1]})];
+        let args = [
+            json!(42),
+            json!("hello"),
+            json!(null),
+            json!(1.5),
+            json!({"k": [1]}),
+        ];
         assert_eq!(
             payload("NotifyUser", &args),
             r#"{"class":"NotifyUser","args":[42,"hello",null,1.5,{"k":[1]}]}"#

@@ -58,12 +58,17 @@ impl Sidekiq {
         }
     }
 
-    pub async fn push(&mut self, jobs: &[JobRequest<'_>], now: Timestamp) -> Result<(), QueueError> {
+    pub async fn push(
+        &mut self,
+        jobs: &[JobRequest<'_>],
+        now: Timestamp,
+    ) -> Result<(), QueueError> {
         let mut pipe = redis::pipe();
         for j in jobs {
             let body = payload(&self.cfg, j, &new_jid(), now);
             pipe.sadd(self.key("queues"), j.queue).ignore();
-            pipe.lpush(self.key(&format!("queue:{}", j.queue)), body).ignore();
+            pipe.lpush(self.key(&format!("queue:{}", j.queue)), body)
+                .ignore();
         }
         pipe.query_async::<()>(&mut self.conn)
             .await
@@ -129,7 +134,9 @@ mod tests {
         for _ in 0..100 {
             let j = new_jid();
             assert_eq!(j.len(), 24);
-            assert!(j.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            assert!(j
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         }
     }
 }

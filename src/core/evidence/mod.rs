@@ -174,9 +174,7 @@ impl MessageTrace {
         }
         // Recipients the server announced but has not logged an outcome for
         // are still in flight, unless it says it is done with the message.
-        let missing = self
-            .expected_recipients
-            .is_some_and(|n| statuses.len() < n);
+        let missing = self.expected_recipients.is_some_and(|n| statuses.len() < n);
         if missing && !self.complete && !self.expired {
             let v = Verdict::InFlight {
                 reason: InFlightReason::Queued,
@@ -384,7 +382,10 @@ pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub(crate) fn field<'a>(hay: &'a [u8], prefix: &[u8], stops: &[u8]) -> Option<&'a [u8]> {
     let start = find(hay, prefix)? + prefix.len();
     let rest = &hay[start..];
-    let end = rest.iter().position(|b| stops.contains(b)).unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .position(|b| stops.contains(b))
+        .unwrap_or(rest.len());
     Some(&rest[..end])
 }
 
@@ -441,9 +442,17 @@ mod tests {
         };
         let table: Vec<(&str, MessageTrace, Verdict)> = vec![
             ("one sent", trace(&[("a", Sent)]), delivered.clone()),
-            ("all sent", trace(&[("a", Sent), ("b", Sent)]), delivered.clone()),
+            (
+                "all sent",
+                trace(&[("a", Sent), ("b", Sent)]),
+                delivered.clone(),
+            ),
             ("one bounced", trace(&[("a", Bounced)]), bounced.clone()),
-            ("mixed", trace(&[("a", Sent), ("b", Bounced)]), partial.clone()),
+            (
+                "mixed",
+                trace(&[("a", Sent), ("b", Bounced)]),
+                partial.clone(),
+            ),
             ("deferred", trace(&[("a", Deferred)]), deferred.clone()),
             (
                 "deferred wins over final",
@@ -531,7 +540,12 @@ mod tests {
 
     #[test]
     fn normalizes_message_ids() {
-        for (input, want) in [("<a@b>", "a@b"), ("a@b", "a@b"), (" <a@b> ", "a@b"), ("<>", "")] {
+        for (input, want) in [
+            ("<a@b>", "a@b"),
+            ("a@b", "a@b"),
+            (" <a@b> ", "a@b"),
+            ("<>", ""),
+        ] {
             assert_eq!(normalize_key(input), want);
         }
     }

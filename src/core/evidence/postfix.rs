@@ -35,7 +35,8 @@ impl PostfixParser {
 /// vowel-free base-52 alphabet with a `z` separator.
 fn is_queue_id(b: &[u8]) -> bool {
     let short = (5..=16).contains(&b.len())
-        && b.iter().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c));
+        && b.iter()
+            .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c));
     let long = (10..=24).contains(&b.len())
         && b.contains(&b'z')
         && b.iter()
@@ -151,7 +152,8 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-29T00:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);
-        let filter = KeyFilter::Wanted(wanted.iter().map(|s| s.to_string()).collect::<HashSet<_>>());
+        let filter =
+            KeyFilter::Wanted(wanted.iter().map(|s| s.to_string()).collect::<HashSet<_>>());
         let mut p = PostfixParser::new(filter, TimestampParser::utc(now));
         let mut store = TraceStore::new(true);
         for (i, l) in lines.iter().enumerate() {
@@ -209,7 +211,11 @@ mod tests {
             }
         );
         assert_eq!(v.instances[0].failed_recipients(), vec!["bounce2b@d"]);
-        assert!(v.detail.contains("bounce2b@d bounced (dsn=5.1.1"), "{}", v.detail);
+        assert!(
+            v.detail.contains("bounce2b@d bounced (dsn=5.1.1"),
+            "{}",
+            v.detail
+        );
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! Invalid configs: each exits 78 with a message naming the YAML path and
+//! the line; several problems are all reported at once.
+
+use crate::support::*;
+
+const VALID: &str = r#"databases:
+  app:
+    url: "sqlite:///tmp/sweeper-never-opened.db"
+queues:
+  resque:
+    kind: resque
+    redis: redis://127.0.0.1:6379/0
+evidence:
+  postfix:
+    kind: log
+    format: postfix
+    paths: [/var/log/mail.log]
+sweeps:
+  comments:
+    database: app
+    table: comments
+    key: id
+    state_column: notification_state
+    timestamp_column: updated_at
+    pending:
+      after: 10m
+      queue: resque
+      job: {queue: notify, class: NotifyUser, args: [user_id, id]}
+    sending:
+      after: 15m
+      evidence: [{source: postfix, match: message_id}]
+"#;
+
+struct Case {
+    name: &'static str,
+    /// (find, replace) applied to VALID
+    edit: (&'static str, &'static str),
+    /// The path the message must name.
+    path: &'static str,
+    /// A fragment of the offending line (its line number must be reported).
+    line_of: &'static str,
+    /// A fragment of the message.
+    says: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case { name: "unknown top-level key", edit: ("queues:\n", "queuess:\n"), path: "queuess", line_of: "queuess:", says: "unknown field `queuess`" },
+    Case { name: "unknown sweep key", edit: ("    key: id\n", "    key: id\n    tabel: x\n"), path: "sweeps.comments.tabel", line_of: "tabel:", says: "unknown field `tabel`" },
+    Case { name: "bad duration", edit: ("after: 10m", "after: 10 mins later"), path: "sweeps.comments.pending.after", line_of: "after: 10 mins later", says: "invalid duration \"10 mins later\"" },
+    Case { name: "missing env var", edit: ("\"sqlite:///tmp/sweeper-never-opened.db\"", "${SWEEPER_IT_SURELY_UNSET_DB}"), path: "databases.app.url", line_of: "url:", says: "environment variable SWEEPER_IT_SURELY_UNSET_DB is not set" },
+    Case { name: "unknown queue", edit: ("queue: resque", "queue: sidekiq"), path: "sweeps.comments.pending.queue", line_of: "queue: sidekiq", says: "unknown queue \"sidekiq\" (defined: resque)" },
+    Case { name: "hostile table", edit: ("table: comments", "table: \"comments; DROP TABLE users\""), path: "sweeps.comments.table", line_of: "table:", says: "not a valid SQL identifier" },
+    Case { name: "hostile key column", edit: ("key: id", "key: 'id\" OR 1=1 --'"), path: "sweeps.comments.key", line_of: "key: 'id", says: "not a valid SQL identifier" },
+    Case { name: "hostile arg column", edit: ("args: [user_id, id]", "args: [user_id, \"id) FROM x;--\"]"), path: "sweeps.comments.pending.job.args[1]", line_of: "args:", says: "not a valid SQL identifier" },
+    Case { name: "unknown database", edit: ("database: app", "database: main"), path: "sweeps.comments.database", line_of: "database: main", says: "unknown database \"main\" (defined: app)" },
+    Case { name: "unknown evidence source", edit: ("source: postfix", "source: exim"), path: "sweeps.comments.sending.evidence[0].source", line_of: "source: exim", says: "unknown evidence source \"exim\"" },
+    Case { name: "unknown queue kind", edit: ("kind: resque", "kind: beanstalk"), path: "queues.resque.kind", line_of: "kind: beanstalk", says: "unknown queue kind \"beanstalk\"" },
+    Case { name: "missing queue kind", edit: ("    kind: resque\n", ""), path: "queues.resque", line_of: "  resque:", says: "missing `kind`" },
+    Case { name: "unknown log format", edit: ("format: postfix", "format: sendmail"), path: "evidence.postfix.format", line_of: "format: sendmail", says: "unknown log format \"sendmail\"" },
+    Case { name: "option of another kind", edit: ("    redis: redis://127.0.0.1:6379/0\n", "    redis: redis://127.0.0.1:6379/0\n    path: /tmp/jobs.jsonl\n"), path: "queues.resque.path", line_of: "path: /tmp/jobs.jsonl", says: "unknown field `path`" },
+    Case { name: "unknown give-up policy", edit: ("      evidence: [{source: postfix, match: message_id}]\n", "      evidence: [{source: postfix, match: message_id}]\n      on_no_evidence: guess\n"), path: "sweeps.comments.sending.on_no_evidence", line_of: "on_no_evidence: guess", says: "unknown policy \"guess\"" },
+    Case { name: "give up before threshold", edit: ("      evidence: [{source: postfix, match: message_id}]\n", "      evidence: [{source: postfix, match: message_id}]\n      give_up_after: 5m\n"), path: "sweeps.comments.sending.give_up_after", line_of: "give_up_after: 5m", says: "give_up_after must be at least `after`" },
+    Case { name: "duplicate state values", edit: ("    timestamp_column: updated_at\n", "    timestamp_column: updated_at\n    states: {pending: 0, sending: 1, sent: 1, error: 3}\n"), path: "sweeps.comments.states", line_of: "states:", says: "must be different" },
+    Case { name: "invalid redis url", edit: ("redis: redis://127.0.0.1:6379/0", "redis: 127.0.0.1:6379"), path: "queues.resque.redis", line_of: "redis: 127.0.0.1", says: "invalid redis url" },
+    Case { name: "unsupported database", edit: ("\"sqlite:///tmp/sweeper-never-opened.db\"", "oracle://db/x"), path: "databases.app.url", line_of: "url:", says: "unsupported database url" },
+    Case { name: "bad glob", edit: ("paths: [/var/log/mail.log]", "paths: [\"/var/log/[mail.log\"]"), path: "evidence.postfix.paths[0]", line_of: "paths:", says: "invalid glob" },
+    Case { name: "invalid yaml", edit: ("    table: comments\n", "    table: [comments\n"), path: "", line_of: "", says: "invalid YAML" },
+    Case { name: "no pending and no sending", edit: ("    pending:\n      after: 10m\n      queue: resque\n      job: {queue: notify, class: NotifyUser, args: [user_id, id]}\n    sending:\n      after: 15m\n      evidence: [{source: postfix, match: message_id}]\n", ""), path: "sweeps.comments", line_of: "  comments:", says: "needs a `pending` or a `sending` section" },
+    Case { name: "bad sweep name", edit: ("  comments:\n", "  \"my comments\":\n"), path: "sweeps.my comments", line_of: "my comments", says: "invalid name" },
+    Case { name: "bad listen address", edit: ("queues:\n", "metrics:\n  listen: localhost\nqueues:\n"), path: "metrics.listen", line_of: "listen: localhost", says: "invalid listen address" },
+    Case { name: "unknown state key", edit: ("    timestamp_column: updated_at\n", "    timestamp_column: updated_at\n    states: {pending: queued, done: sent}\n"), path: "sweeps.comments.states.done", line_of: "states:", says: "unknown field `done`" },
+    Case { name: "bad utc offset", edit: ("    format: postfix\n", "    format: postfix\n    utc_offset: CET\n"), path: "evidence.postfix.utc_offset", line_of: "utc_offset: CET", says: "invalid utc_offset \"CET\"" },
+    Case { name: "zero max_attempts", edit: ("      job: {queue: notify, class: NotifyUser, args: [user_id, id]}\n", "      job: {queue: notify, class: NotifyUser, args: [user_id, id]}\n      max_attempts: 0\n"), path: "sweeps.comments.pending.max_attempts", line_of: "max_attempts: 0", says: "must be at least 1" },
+];
+
+fn line_number(text: &str, fragment: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(fragment))
+        .unwrap_or_else(|| panic!("{fragment:?} not in config"))
+        + 1
+}
+
+fn check(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "sweeper.yaml", text);
+    let o = run(&["check", "-c", path.to_str().unwrap()]);
+    (
+        o.status.code(),
+        stderr(&o).replace(&format!("{}", path.display()), "FILE"),
+    )
+}
+
+#[test]
+fn the_base_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "sweeper.yaml", VALID);
+    let cfg = sweeper::config::load(&path);
+    assert!(cfg.is_ok(), "{:?}", cfg.err().map(|e| e.to_string()));
+}
+
+#[test]
+fn each_invalid_config_exits_78_naming_path_and_line() {
+    let mut checked = 0;
+    for c in CASES {
+        assert!(VALID.contains(c.edit.0), "{}: edit target missing", c.name);
+        let text = VALID.replacen(c.edit.0, c.edit.1, 1);
+        let (code, err) = check(&text);
+        assert_eq!(code, Some(78), "{}: exit code; stderr:\n{err}", c.name);
+        assert!(
+            err.contains(c.says),
+            "{}: message should say {:?}:\n{err}",
+            c.name,
+            c.says
+        );
+        if !c.path.is_empty() {
+            let line = line_number(&text, c.line_of);
+            let want = format!("FILE:{line}: {}: ", c.path);
+            assert!(err.contains(&want), "{}: want {want:?} in:\n{err}", c.name);
+        } else {
+            assert!(err.contains("FILE:"), "{}: names the file:\n{err}", c.name);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} cases ran");
+}
+
+#[test]
+fn invalid_yaml_names_the_line() {
+    let text = VALID.replacen("    table: comments\n", "    table: [comments\n", 1);
+    let (code, err) = check(&text);
+    assert_eq!(code, Some(78));
+    assert!(err.contains("invalid YAML"), "{err}");
+    assert!(
+        err.contains("FILE:1") || err.contains("FILE:2"),
+        "a line number: {err}"
+    );
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let text = VALID.replacen(
+        "      job: {queue: notify, class: NotifyUser, args: [user_id, id]}\n",
+        "      job: {queue: notify, class: NotifyUser, args: [user_id, id]}\n      max_attempts: lots\n",
+        1,
+    );
+    let (code, err) = check(&text);
+    assert_eq!(code, Some(78));
+    let line = line_number(&text, "max_attempts: lots");
+    assert!(
+        err.contains(&format!("FILE:{line}: sweeps.comments.pending.max_attempts: invalid type: string \"lots\", expected u32")),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = VALID
+        .replacen("after: 10m", "after: soon", 1)
+        .replacen("queue: resque", "queue: nope", 1)
+        .replacen("table: comments", "table: \"a b\"", 1)
+        .replacen("format: postfix", "format: qmail", 1)
+        .replacen("source: postfix", "source: qmail", 1);
+    let (code, err) = check(&text);
+    assert_eq!(code, Some(78));
+    for want in [
+        "sweeps.comments.pending.after",
+        "sweeps.comments.pending.queue",
+        "sweeps.comments.table",
+        "evidence.postfix.format",
+        "sweeps.comments.sending.evidence[0].source",
+    ] {
+        assert!(err.contains(want), "missing {want}:\n{err}");
+    }
+    assert!(err.contains("5 problems in config"), "{err}");
+}
+
+#[test]
+fn requeue_give_up_needs_a_pending_section() {
+    let text = VALID
+        .replacen(
+            "    pending:\n      after: 10m\n      queue: resque\n      job: {queue: notify, class: NotifyUser, args: [user_id, id]}\n",
+            "",
+            1,
+        )
+        .replacen(
+            "      evidence: [{source: postfix, match: message_id}]\n",
+            "      evidence: [{source: postfix, match: message_id}]\n      on_no_evidence: requeue\n",
+            1,
+        );
+    let (code, err) = check(&text);
+    assert_eq!(code, Some(78));
+    assert!(err.contains("sweeps.comments.sending.on_no_evidence: on_no_evidence: requeue needs a `pending` section"), "{err}");
+}
+
+#[test]
+fn an_unreadable_config_file_exits_78() {
+    let o = run(&["check", "-c", "/nonexistent/sweeper.yaml"]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(stderr(&o).contains("cannot read config /nonexistent/sweeper.yaml"));
+}
+
+#[test]
+fn env_defaults_and_interpolation_work() {
+    let text = VALID.replacen(
+        "\"sqlite:///tmp/sweeper-never-opened.db\"",
+        "\"${SWEEPER_IT_UNSET_VAR:-sqlite:///tmp/x.db}\"",
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "c.yaml", &text);
+    let cfg = sweeper::config::load(&path).unwrap();
+    assert_eq!(cfg.databases["app"].url, "sqlite:///tmp/x.db");
+}
+
+#[test]
+fn the_annotated_example_config_is_valid() {
+    let path = root().join("config/example.yaml");
+    let env = |_: &str| None;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = sweeper::config::load_str(&text, "config/example.yaml", &env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.sweeps.len(), 2);
+    assert_eq!(cfg.queues.len(), 3);
+    assert_eq!(cfg.evidence.len(), 4);
+    let receipts = cfg.sweep("receipts").unwrap();
+    assert_eq!(receipts.states.sent, sweeper::config::StateValue::Int(2));
+    assert_eq!(receipts.table.to_string(), "billing.receipts");
+}

@@ -1,0 +1,8 @@
+//! The one integration-test binary. Tests talk to real services (Postgres,
+//! Redis, …) and real queue consumers; a missing service fails the test
+//! with instructions, it is never skipped.
+
+mod config_errors;
+mod evidence_fixtures;
+mod sql_sweeps;
+mod support;

@@ -1,0 +1,529 @@
+//! End-to-end sweeps against real Postgres and SQLite tables, a real Redis
+//! and a real node-resque worker: the foundation's acceptance.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use sqlx::{AnyPool, Row};
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ts {
+    PgTz,
+    PgNaive,
+    SqliteText,
+    SqliteInt,
+}
+
+struct Backend {
+    ts: Ts,
+    url: String,
+    pool: AnyPool,
+    table: String,
+    ledger: String,
+}
+
+/// (id, user_id, state, minutes ago, message_id)
+type Seed = (i64, Option<i64>, &'static str, i64, Option<&'static str>);
+
+const ROWS: &[Seed] = &[
+    (1, Some(11), "pending", 2, None),
+    (2, Some(12), "pending", 20, None),
+    (3, None, "pending", 180, None),
+    (4, Some(14), "sending", 5, Some("<m4@t.example>")),
+    (5, Some(15), "sending", 30, Some("<m5@t.example>")),
+    (6, Some(16), "sending", 40, Some("m6@t.example")),
+    (7, Some(17), "sending", 50, Some("<m7@t.example>")),
+    (8, Some(18), "sent", 100, None),
+    (9, Some(19), "error", 100, None),
+    (10, Some(20), "pending", 60 * 48, None),
+];
+
+impl Backend {
+    async fn new(ts: Ts, dir: &Path) -> Backend {
+        sqlx::any::install_default_drivers();
+        let url = match ts {
+            Ts::PgTz | Ts::PgNaive => pg_url(),
+            Ts::SqliteText | Ts::SqliteInt => {
+                format!("sqlite://{}?mode=rwc", dir.join("app.db").display())
+            }
+        };
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("database required at {url}: {e}"));
+        let b = Backend {
+            ts,
+            url: url.replace("?mode=rwc", ""),
+            pool,
+            table: unique("comments"),
+            ledger: unique("ledger"),
+        };
+        let ts_type = match ts {
+            Ts::PgTz => "timestamptz",
+            Ts::PgNaive => "timestamp",
+            Ts::SqliteText => "TEXT",
+            Ts::SqliteInt => "INTEGER",
+        };
+        b.exec(&format!(
+            "CREATE TABLE {} (id BIGINT PRIMARY KEY, user_id BIGINT, notification_state TEXT NOT NULL, \
+             updated_at {ts_type} NOT NULL, message_id TEXT)",
+            b.table
+        ))
+        .await;
+        for (id, user, state, mins, mid) in ROWS {
+            let user = user.map_or("NULL".to_string(), |u| u.to_string());
+            let mid = mid.map_or("NULL".to_string(), |m| format!("'{m}'"));
+            b.exec(&format!(
+                "INSERT INTO {} VALUES ({id}, {user}, '{state}', {}, {mid})",
+                b.table,
+                b.ago(*mins)
+            ))
+            .await;
+        }
+        b
+    }
+
+    fn ago(&self, mins: i64) -> String {
+        match self.ts {
+            Ts::PgTz => format!("now() - interval '{mins} minutes'"),
+            Ts::PgNaive => format!("(now() AT TIME ZONE 'UTC') - interval '{mins} minutes'"),
+            Ts::SqliteText => format!("datetime('now', '-{mins} minutes')"),
+            Ts::SqliteInt => format!("CAST(strftime('%s','now') AS INTEGER) - {}", mins * 60),
+        }
+    }
+
+    async fn exec(&self, sql: &str) {
+        sqlx::query(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Every row as text, for before/after comparisons.
+    async fn snapshot(&self) -> Vec<String> {
+        let cast = |c: &str| match self.ts {
+            Ts::PgTz | Ts::PgNaive => format!("{c}::text"),
+            _ => format!("CAST({c} AS TEXT)"),
+        };
+        let sql = format!(
+            "SELECT {} || '|' || COALESCE({}, '') || '|' || notification_state || '|' || {} || '|' || COALESCE(message_id, '') FROM {} ORDER BY id",
+            cast("id"),
+            cast("user_id"),
+            cast("updated_at"),
+            self.table
+        );
+        sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect()
+    }
+
+    async fn state(&self, id: i64) -> String {
+        sqlx::query(&format!(
+            "SELECT notification_state FROM {} WHERE id = {id}",
+            self.table
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+        .get(0)
+    }
+
+    async fn ledger_exists(&self) -> bool {
+        let sql = match self.ts {
+            Ts::PgTz | Ts::PgNaive => format!(
+                "SELECT CAST(count(*) AS BIGINT) FROM pg_tables WHERE tablename = '{}'",
+                self.ledger
+            ),
+            _ => format!(
+                "SELECT count(*) FROM sqlite_master WHERE name = '{}'",
+                self.ledger
+            ),
+        };
+        let n: i64 = sqlx::query(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+            .get(0);
+        n > 0
+    }
+
+    async fn cleanup(&self) {
+        let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.table))
+            .execute(&self.pool)
+            .await;
+        let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.ledger))
+            .execute(&self.pool)
+            .await;
+        self.pool.close().await;
+    }
+}
+
+fn mail_log(dir: &Path) -> std::path::PathBuf {
+    let at = |mins: i64| {
+        (chrono::Utc::now() - chrono::TimeDelta::minutes(mins))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let text = format!(
+        "{t5} mail postfix/cleanup[1]: AAAA000005: message-id=<m5@t.example>\n\
+         {t5} mail postfix/qmgr[2]: AAAA000005: from=<n@t.example>, size=500, nrcpt=1 (queue active)\n\
+         {t5} mail postfix/smtp[3]: AAAA000005: to=<u5@d.example>, relay=mx[192.0.2.1]:25, delay=0.2, delays=0/0/0.1/0.1, dsn=2.0.0, status=sent (250 ok)\n\
+         {t5} mail postfix/qmgr[2]: AAAA000005: removed\n\
+         {t6} mail postfix/cleanup[1]: AAAA000006: message-id=<m6@t.example>\n\
+         {t6} mail postfix/qmgr[2]: AAAA000006: from=<n@t.example>, size=500, nrcpt=1 (queue active)\n\
+         {t6} mail postfix/smtp[3]: AAAA000006: to=<u6@d.example>, relay=mx[192.0.2.1]:25, delay=0.2, delays=0/0/0.1/0.1, dsn=5.1.1, status=bounced (550 5.1.1 user unknown)\n\
+         {t6} mail postfix/qmgr[2]: AAAA000006: removed\n",
+        t5 = at(29),
+        t6 = at(39),
+    );
+    write(dir, "mail.log", &text)
+}
+
+fn config(b: &Backend, dir: &Path, namespace: &str, max_attempts: u32) -> std::path::PathBuf {
+    let log = mail_log(dir);
+    let yaml = format!(
+        r#"databases:
+  app:
+    url: "{url}"
+    ledger_table: {ledger}
+queues:
+  resque:
+    kind: resque
+    redis: "{redis}"
+    namespace: {namespace}
+evidence:
+  postfix:
+    kind: log
+    format: postfix
+    paths: ["{log}"]
+sweeps:
+  notifications:
+    database: app
+    table: {table}
+    key: id
+    state_column: notification_state
+    timestamp_column: updated_at
+    pending:
+      after: 10m
+      queue: resque
+      job: {{queue: notify, class: NotifyUser, args: [user_id, id]}}
+      max_attempts: {max_attempts}
+    sending:
+      after: 15m
+      evidence: [{{source: postfix, match: message_id}}]
+      give_up_after: 24h
+      on_no_evidence: leave
+"#,
+        url = b.url,
+        ledger = b.ledger,
+        redis = redis_url(),
+        log = log.display(),
+        table = b.table,
+    );
+    write(dir, "sweeper.yaml", &yaml)
+}
+
+fn sorted_args(jobs: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = jobs.iter().map(|j| j["args"].to_string()).collect();
+    v.sort();
+    v
+}
+
+async fn requeues_exactly_the_stale_pending_rows(ts: Ts) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(ts, dir.path()).await;
+    let ns = unique("resque_it");
+    let mut r = redis().await;
+    let cfg = config(&b, dir.path(), &ns, 2);
+    let c = cfg.to_str().unwrap();
+
+    // 1. The dry-run report: decisions, and nothing written anywhere.
+    let before = b.snapshot().await;
+    let report = run_json(&["report", "-c", c, "--format", "json"], 0);
+    let s = sweep_json(&report, "notifications");
+    assert_eq!(
+        s["totals"],
+        json!({"pending": 4, "sending": 4, "error": 1}),
+        "{s:#}"
+    );
+    assert_eq!(s["stuck"], json!({"pending": 3, "sending": 3}), "{s:#}");
+    assert_eq!(keys_with(s, "requeue"), ["10", "2", "3"]);
+    assert_eq!(keys_with(s, "mark_sent"), ["5"]);
+    assert_eq!(keys_with(s, "mark_error"), ["6"]);
+    assert_eq!(keys_with(s, "leave"), ["7"]);
+    let oldest = s["oldest_stuck_age_seconds"]["pending"].as_f64().unwrap();
+    assert!(
+        (oldest - 48.0 * 3600.0).abs() < 120.0,
+        "oldest pending {oldest}"
+    );
+    assert_eq!(b.snapshot().await, before, "report changed rows");
+    assert!(!b.ledger_exists().await, "report created the ledger");
+    assert!(
+        redis_snapshot(&mut r, &ns).await.is_empty(),
+        "report wrote to Redis"
+    );
+
+    // `once --dry-run` is the same plan and also writes nothing.
+    let dry = run_json(&["once", "-c", c, "--dry-run", "--format", "json"], 0);
+    assert_eq!(
+        sweep_json(&dry, "notifications")["decisions"],
+        s["decisions"]
+    );
+    assert_eq!(b.snapshot().await, before, "dry run changed rows");
+    assert!(!b.ledger_exists().await);
+    assert!(redis_snapshot(&mut r, &ns).await.is_empty());
+
+    // 2. A real pass applies exactly that plan.
+    let done = run_json(&["once", "-c", c, "--format", "json"], 0);
+    let s = sweep_json(&done, "notifications");
+    assert_eq!(
+        s["outcomes"],
+        json!({"applied": {"requeue": 3, "mark_sent": 1, "mark_error": 1}, "already_moved": 0, "failed": 0}),
+        "{s:#}"
+    );
+    assert_eq!(b.state(5).await, "sent");
+    assert_eq!(b.state(6).await, "error");
+    for id in [1, 2, 3, 10] {
+        assert_eq!(
+            b.state(id).await,
+            "pending",
+            "requeue must not touch the row"
+        );
+    }
+    assert_eq!(b.state(7).await, "sending");
+    let queues: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{ns}:queues"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(queues, ["notify"]);
+
+    // A real Resque worker (node-resque) consumes every job, class and args intact.
+    let jobs = resque_consume(&ns, "notify", &["NotifyUser"], 3);
+    assert!(jobs.iter().all(|j| j["class"] == "NotifyUser"));
+    assert_eq!(sorted_args(&jobs), ["[12,2]", "[20,10]", "[null,3]"]);
+
+    // 3. Right after: nothing is requeued again.
+    let again = run_json(&["once", "-c", c, "--format", "json"], 0);
+    let s = sweep_json(&again, "notifications");
+    assert_eq!(keys_with(s, "requeue"), Vec::<String>::new(), "{s:#}");
+    let reasons: Vec<&Value> = s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "pending")
+        .map(|r| &r["reason"])
+        .collect();
+    assert!(
+        reasons.iter().all(|r| *r == "recently_requeued"),
+        "{reasons:?}"
+    );
+    let left: i64 = redis::cmd("LLEN")
+        .arg(format!("{ns}:queue:notify"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+
+    // 4. Once `after` has passed since the requeue (simulated by ageing the
+    // ledger), attempt #2; after that, max_attempts (2) is exhausted.
+    let age_ledger = format!(
+        "UPDATE {} SET last_requeued_at = last_requeued_at - 3600",
+        b.ledger
+    );
+    b.exec(&age_ledger).await;
+    let second = run_json(&["once", "-c", c, "--format", "json"], 0);
+    let s = sweep_json(&second, "notifications");
+    assert_eq!(keys_with(s, "requeue"), ["10", "2", "3"]);
+    assert!(s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["decision"] == "requeue")
+        .all(|r| r["attempt"] == 2));
+    b.exec(&age_ledger).await;
+    let third = run_json(&["once", "-c", c, "--format", "json"], 0);
+    let s = sweep_json(&third, "notifications");
+    assert_eq!(keys_with(s, "mark_error"), ["10", "2", "3"]);
+    assert!(s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["decision"] == "mark_error")
+        .all(|r| r["reason"] == "attempts_exhausted"));
+    assert_eq!(b.state(2).await, "error");
+    assert_eq!(
+        b.state(1).await,
+        "pending",
+        "the fresh row is never touched"
+    );
+
+    redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn postgres_requeues_exactly_the_stale_pending_rows() {
+    requeues_exactly_the_stale_pending_rows(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn sqlite_requeues_exactly_the_stale_pending_rows() {
+    requeues_exactly_the_stale_pending_rows(Ts::SqliteText).await;
+}
+
+/// Naive Postgres timestamps (read as UTC) and SQLite integer timestamps
+/// find the same stale rows.
+async fn finds_the_same_stale_rows(ts: Ts) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(ts, dir.path()).await;
+    let ns = unique("resque_it");
+    let cfg = config(&b, dir.path(), &ns, 5);
+    let report = run_json(
+        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
+        0,
+    );
+    let s = sweep_json(&report, "notifications");
+    assert_eq!(
+        s["stuck"],
+        json!({"pending": 3, "sending": 3}),
+        "{ts:?}: {s:#}"
+    );
+    assert_eq!(keys_with(s, "requeue"), ["10", "2", "3"], "{ts:?}");
+    assert_eq!(keys_with(s, "mark_sent"), ["5"], "{ts:?}");
+    let ages: Vec<i64> = s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["age_seconds"].as_i64().unwrap())
+        .collect();
+    // Ages come from the database clock: row 2 is 20 minutes old.
+    let row2 = s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "2")
+        .unwrap();
+    let age2 = row2["age_seconds"].as_i64().unwrap();
+    assert!(
+        (1190..=1260).contains(&age2),
+        "{ts:?}: row 2 age {age2} ({ages:?})"
+    );
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn postgres_naive_timestamps_are_read_as_utc() {
+    finds_the_same_stale_rows(Ts::PgNaive).await;
+}
+
+#[tokio::test]
+async fn sqlite_integer_timestamps_are_unix_seconds() {
+    finds_the_same_stale_rows(Ts::SqliteInt).await;
+}
+
+/// Guarded writes: a row that moved between read and write is counted as
+/// already moved and never overwritten.
+#[tokio::test]
+async fn a_row_that_moved_since_it_was_read_is_not_overwritten() {
+    use sweeper::adapters::db::{Db, Target, Transition};
+    use sweeper::core::model::RowState;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let cfg_path = config(&b, dir.path(), "unused", 5);
+    let cfg = sweeper::config::load(&cfg_path).unwrap();
+    let sweep = cfg.sweep("notifications").unwrap();
+    let db = Db::connect(&cfg.databases["app"]).await.unwrap();
+    let table = db.sweep_table(sweep).await.unwrap();
+    let now = db.now().await.unwrap();
+    let rows = db
+        .stale_rows(
+            &table,
+            RowState::Sending,
+            now - chrono::TimeDelta::minutes(15),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["5", "6", "7"]
+    );
+    // The app's worker finishes row 5 and touches row 6 after we read them.
+    b.exec(&format!(
+        "UPDATE {} SET notification_state = 'sent' WHERE id = 5",
+        b.table
+    ))
+    .await;
+    b.exec(&format!(
+        "UPDATE {} SET updated_at = updated_at + interval '1 second' WHERE id = 6",
+        b.table
+    ))
+    .await;
+    let changes: Vec<Transition<'_>> = rows
+        .iter()
+        .map(|r| Transition {
+            row: r,
+            to: Target::Error,
+        })
+        .collect();
+    let applied = db.transition(&table, &changes).await.unwrap();
+    assert_eq!(applied, [false, false, true]);
+    assert_eq!(b.state(5).await, "sent", "a moved row is never overwritten");
+    assert_eq!(b.state(6).await, "sending");
+    assert_eq!(b.state(7).await, "error");
+    // Same for requeues: the re-read before pushing sees who moved.
+    let pending = db
+        .stale_rows(
+            &table,
+            RowState::Pending,
+            now - chrono::TimeDelta::minutes(10),
+        )
+        .await
+        .unwrap();
+    b.exec(&format!(
+        "UPDATE {} SET notification_state = 'sending' WHERE id = 2",
+        b.table
+    ))
+    .await;
+    let refs: Vec<&_> = pending.iter().collect();
+    let current = db
+        .current_versions(&table, RowState::Pending, &refs)
+        .await
+        .unwrap();
+    assert!(!current.contains_key("2"));
+    assert_eq!(
+        current.get("3"),
+        Some(&pending.iter().find(|r| r.key == "3").unwrap().version)
+    );
+    db.close().await;
+    b.cleanup().await;
+}
+
+/// A column the config names but the table lacks is named, with the
+/// columns the table does have.
+#[tokio::test]
+async fn once_reports_missing_tables_and_columns_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::SqliteText, dir.path()).await;
+    let cfg = config(&b, dir.path(), "unused", 5);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("message_id}", "msg_id}");
+    let bad = write(dir.path(), "bad.yaml", &text);
+    let o = run(&["once", "-c", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("column \"msg_id\" not found in table"),
+        "{out}"
+    );
+    assert!(
+        out.contains("message_id"),
+        "lists the columns it has: {out}"
+    );
+    b.cleanup().await;
+}
