@@ -415,19 +415,8 @@ impl Db {
         after: Option<&StuckRow>,
     ) -> Result<Vec<StuckRow>, DbError> {
         let mut sql = format!(
-            "SELECT {key_text}, {key_int}, {version}, {epoch}, {args}",
-            key_text = t.text(&t.key),
-            key_int = t.key_int(),
-            version = t.text(&t.ts),
-            epoch = t.epoch(),
-            args = t.args_json(),
-        );
-        for l in &t.lookups {
-            let _ = write!(sql, ", {}", t.text(l));
-        }
-        let _ = write!(
-            sql,
-            " FROM {table} WHERE {state} = {lit} AND {older}",
+            "SELECT {} FROM {table} WHERE {state} = {lit} AND {older}",
+            t.select_list(),
             table = t.table,
             state = t.state,
             lit = t.literal(state),
@@ -449,6 +438,71 @@ impl Db {
             .map(|r| row_from(r, state, t.lookups.len()))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(self.err(format!("decoding stale {state} rows of {}", t.table)))
+    }
+
+    /// One row by key, whatever its state or age (for `explain`). Returns
+    /// the state column as text and the row (its `state` is only meaningful
+    /// when the text is the pending or sending value).
+    pub async fn row_by_key(
+        &self,
+        t: &SweepTable,
+        key: &str,
+    ) -> Result<Option<(String, StuckRow)>, DbError> {
+        let sql = format!(
+            "SELECT {}, {} FROM {} WHERE {} = {}",
+            t.select_list(),
+            t.text(&t.state),
+            t.table,
+            t.key,
+            t.key_param(1)
+        );
+        // SQLite compares an INTEGER key with a bound integer; other keys as text.
+        let probe = StuckRow {
+            key: key.to_string(),
+            key_int: match t.dialect {
+                Dialect::Sqlite => key.parse().ok(),
+                Dialect::Postgres => None,
+            },
+            state: RowState::Pending,
+            updated_at: Timestamp::default(),
+            version: String::new(),
+            args: vec![],
+            lookups: vec![],
+        };
+        let mut found = t
+            .bind_key(sqlx::query(&sql), &probe)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.err(format!("reading row {key} of {}", t.table)))?;
+        if found.is_none() && probe.key_int.is_some() {
+            found = sqlx::query(&sql)
+                .bind(key.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.err(format!("reading row {key} of {}", t.table)))?;
+        }
+        let Some(r) = found else { return Ok(None) };
+        let decode = || -> Result<(String, StuckRow), sqlx::Error> {
+            let state: Option<String> = r.try_get(5 + t.lookups.len())?;
+            let state = state.unwrap_or_default();
+            let rs = if state == t.sending.to_string() {
+                RowState::Sending
+            } else {
+                RowState::Pending
+            };
+            Ok((state, row_from(&r, rs, t.lookups.len())?))
+        };
+        decode()
+            .map(Some)
+            .map_err(self.err(format!("decoding row {key} of {}", t.table)))
+    }
+
+    /// The state values of a sweep as text (to compare with `row_by_key`).
+    pub fn state_text(t: &SweepTable, s: RowState) -> String {
+        match s {
+            RowState::Pending => t.pending.to_string(),
+            RowState::Sending => t.sending.to_string(),
+        }
     }
 
     /// Every stale row of `state`, fetched page by page (keyset over the key).
@@ -811,6 +865,22 @@ fn row_from(r: &AnyRow, state: RowState, lookups: usize) -> Result<StuckRow, sql
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 impl SweepTable {
+    /// key, key as integer, version, epoch, args, lookups… (see `row_from`).
+    fn select_list(&self) -> String {
+        let mut sql = format!(
+            "{}, {}, {}, {}, {}",
+            self.text(&self.key),
+            self.key_int(),
+            self.text(&self.ts),
+            self.epoch(),
+            self.args_json(),
+        );
+        for l in &self.lookups {
+            let _ = write!(sql, ", {}", self.text(l));
+        }
+        sql
+    }
+
     /// A column as text.
     fn text(&self, col: &str) -> String {
         match self.dialect {

@@ -86,6 +86,16 @@ pub enum Command {
         #[arg(long, default_value_t = 200)]
         max_rows: usize,
     },
+    /// One row, in words: state, age, rule, evidence lines, verdict, decision.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        sweep: String,
+        /// The row's key value.
+        #[arg(long)]
+        key: String,
+    },
     /// Validate the config, then reach every database, queue and evidence source.
     Check {
         #[command(flatten)]
@@ -103,7 +113,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Report { .. } | Command::Check { .. } | Command::Demo { .. }
+        Command::Report { .. }
+            | Command::Check { .. }
+            | Command::Demo { .. }
+            | Command::Explain { .. }
     );
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -194,6 +207,16 @@ async fn run(cli: Cli) -> u8 {
                 ..Default::default()
             };
             pass_and_print(&cfg, &opts, format).await
+        }
+        Command::Explain { config, sweep, key } => {
+            let cfg = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Err(code) = check_sweep_names(&cfg, std::slice::from_ref(&sweep)) {
+                return code;
+            }
+            super::explain::run(&cfg, &sweep, &key).await
         }
         Command::Check { config } => {
             let cfg = match load_config(&config.config) {

@@ -5,4 +5,5 @@
 pub mod check;
 pub mod cli;
 pub mod demo;
+pub mod explain;
 pub mod pass;

@@ -133,6 +133,9 @@ pub struct SweepDetail {
     pub sweep: String,
     pub now: Option<Timestamp>,
     pub rows: Vec<(StuckRow, Decision, Vec<SourceVerdict>, Option<LedgerEntry>)>,
+    /// In single-row mode: the row's state as text and the row, whatever
+    /// its state (`None` when no row has that key).
+    pub target: Option<(String, StuckRow)>,
 }
 
 /// Phase 1 output for one sweep.
@@ -151,6 +154,8 @@ struct Ready {
     stale: PerState<StaleSummary>,
     rows: Vec<StuckRow>,
     ledger: HashMap<String, LedgerEntry>,
+    /// In single-row mode (`opts.key`): the row's state text and the row.
+    target: Option<(String, StuckRow)>,
 }
 
 /// Run one pass. `wall_now` is only used for log-year inference and the
@@ -267,6 +272,10 @@ async fn try_collect(
     };
     let mut stale = PerState::<StaleSummary>::default();
     let mut rows = Vec::new();
+    let target = match &opts.key {
+        Some(key) => db.row_by_key(&table, key).await.map_err(at(Stage::Fetch))?,
+        None => None,
+    };
     for state in RowState::ALL {
         let after = match state {
             RowState::Pending => sweep.rules.pending.as_ref().map(|r| r.after),
@@ -283,7 +292,14 @@ async fn try_collect(
         report
             .oldest_stuck_age_seconds
             .set(state, summary.oldest.map(|o| age_secs(now, o)));
-        if summary.count > 0 {
+        if opts.key.is_some() {
+            // Single-row mode: the row, stale or not, when it is in this state.
+            if let Some((text, row)) = &target {
+                if *text == Db::state_text(&table, state) {
+                    rows.push(row.clone());
+                }
+            }
+        } else if summary.count > 0 {
             rows.extend(
                 db.stale_rows(&table, state, cutoff)
                     .await
@@ -307,6 +323,7 @@ async fn try_collect(
         stale,
         rows,
         ledger,
+        target,
     }))
 }
 
@@ -454,6 +471,7 @@ async fn settle(
                 sweep: sweep.name.clone(),
                 now: None,
                 rows: vec![],
+                target: None,
             },
         );
     };
@@ -541,6 +559,7 @@ async fn settle(
     let detail = SweepDetail {
         sweep: sweep.name.clone(),
         now: Some(now),
+        target: ready.target,
         rows: ready
             .rows
             .into_iter()

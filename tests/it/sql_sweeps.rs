@@ -527,3 +527,71 @@ async fn once_reports_missing_tables_and_columns_clearly() {
     );
     b.cleanup().await;
 }
+
+/// `explain` shows one row's state, rule, every matched log line with its
+/// file:line, the recipient outcomes, the verdict and the decision — the
+/// same decision `report` makes.
+#[tokio::test]
+async fn explain_shows_evidence_lines_and_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::SqliteText, dir.path()).await;
+    let cfg = config(&b, dir.path(), "unused", 5);
+    let c = cfg.to_str().unwrap();
+    let explain = |key: &str| run(&["explain", "-c", c, "--sweep", "notifications", "--key", key]);
+
+    let o = explain("6");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let log = dir.path().join("mail.log").display().to_string();
+    for want in [
+        "state       sending, since",
+        "rule        sending rows older than 15m are settled from evidence (postfix by message_id)",
+        "lookup message_id = \"m6@t.example\"",
+        &format!("{log}:5  "),
+        &format!("{log}:7  "),
+        "recipient u6@d.example: bounced (dsn=5.1.1: 550 5.1.1 user unknown)",
+        "verdict: failed (bounced)",
+        "decision    mark_error because bounced",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+
+    let out = stdout(&explain("7"));
+    assert!(out.contains("verdict: not_found"), "{out}");
+    assert!(
+        out.contains("decision    leave because awaiting_evidence"),
+        "{out}"
+    );
+
+    let out = stdout(&explain("3"));
+    assert!(out.contains("requeues    none recorded"), "{out}");
+    assert!(
+        out.contains("job         NotifyUser [null,3] on notify"),
+        "{out}"
+    );
+    assert!(
+        out.contains("decision    requeue (attempt 1) because stale_pending"),
+        "{out}"
+    );
+
+    let out = stdout(&explain("1"));
+    assert!(out.contains("decision    leave because fresh"), "{out}");
+
+    let out = stdout(&explain("8"));
+    assert!(out.contains("state       sent"), "{out}");
+    assert!(out.contains("decision    none"), "{out}");
+
+    let o = explain("404");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("no row with id = 404"),
+        "{}",
+        stdout(&o)
+    );
+
+    // The decisions agree with the report's.
+    let report = run_json(&["report", "-c", c, "--format", "json"], 0);
+    let s = sweep_json(&report, "notifications");
+    assert_eq!(keys_with(s, "mark_error"), ["6"]);
+    b.cleanup().await;
+}
