@@ -43,12 +43,8 @@ log "postfix $VERSION"
 mkdir -p "$WORK" "$OUT"
 
 # --- helpers ----------------------------------------------------------------
-port_busy() { "$PY" - "$1" <<'EOF'
-import socket, sys
-s = socket.socket()
-s.settimeout(1)
-sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)
-EOF
+port_busy() {  # listening socket on 127.0.0.1:PORT? (no probe connection, so no log noise)
+    [ -n "$(ss -Hltn "sport = :$1")" ]
 }
 
 wait_port() {  # wait_port PORT up|down
@@ -61,7 +57,8 @@ wait_port() {  # wait_port PORT up|down
 }
 
 stop_postfix() {
-    if postfix status >/dev/null 2>&1; then
+    local pidf=/var/spool/postfix/pid/master.pid
+    if [ -s "$pidf" ] && kill -0 "$(tr -d ' ' < "$pidf")" 2>/dev/null; then
         postfix stop >/dev/null 2>&1 || true
     fi
     wait_port 25 down || true
@@ -122,19 +119,25 @@ postconf -e \
 newaliases
 
 # maillog_file needs the postlogd service (present in Debian's master.cf; add it if not).
-if ! postconf -M postlog/unix-dgram >/dev/null 2>&1 || [ -z "$(postconf -M postlog/unix-dgram)" ]; then
+if [ -z "$(postconf -M postlog/unix-dgram 2>/dev/null)" ]; then
     postconf -M "postlog/unix-dgram=postlog   unix-dgram n  -       n       -       1       postlogd"
 fi
 
+# smtp_tls_connection_reuse needs the tlsproxy service (absent from Debian's master.cf).
+if [ -z "$(postconf -M tlsproxy/unix 2>/dev/null)" ]; then
+    postconf -M "tlsproxy/unix=tlsproxy  unix  -       -       y       -       0       tlsproxy"
+fi
+
 # --- 4. one capture run -------------------------------------------------------
-# run_capture NAME LONGIDS PLAN PREFIX LOGNAME MANIFESTNAME SINKLOGNAME
+# run_capture NAME LONGIDS TLSREUSE PLAN PREFIX LOGNAME MANIFESTNAME SINKLOGNAME
 run_capture() {
-    local name=$1 longids=$2 plan=$3 prefix=$4 logname=$5 manifest=$6 sinklog=$7
+    local name=$1 longids=$2 reuse=$3 plan=$4 prefix=$5 logname=$6 manifest=$7 sinklog=$8
     local maillog=/var/log/postfix-capture-$name.log
 
-    log "run $name: enable_long_queue_ids=$longids"
+    log "run $name: enable_long_queue_ids=$longids smtp_tls_connection_reuse=$reuse"
     stop_postfix
-    postconf -e "maillog_file = $maillog" "enable_long_queue_ids = $longids"
+    postconf -e "maillog_file = $maillog" "enable_long_queue_ids = $longids" \
+        "smtp_tls_connection_reuse = $reuse"
     postsuper -d ALL >/dev/null 2>&1 || true
     rm -f "$maillog" "$WORK/sink-$name.log"
 
@@ -173,11 +176,17 @@ run_capture() {
     log "  wrote $OUT/$logname ($(wc -l < "$OUT/$logname") lines)"
 }
 
-run_capture short no  main own     mail.log          manifest.json          sink.log
-run_capture long  yes long ownlong mail-long-ids.log manifest-long-ids.json sink-long-ids.log
+# Run 1: short queue IDs; TLS without connection reuse (Postfix's default), so
+# every delivery is its own TLS session and no conn_use= appears.
+run_capture short no  no  main own     mail.log          manifest.json          sink.log
+# Run 2: long queue IDs; TLS connection reuse through tlsproxy, so conn_use= appears.
+run_capture long  yes yes long ownlong mail-long-ids.log manifest-long-ids.json sink-long-ids.log
 
-# Leave Postfix as the default: short queue IDs, stopped.
-postconf -e "enable_long_queue_ids = no"
+# Leave Postfix with defaults for these two settings, stopped.
+postconf -e "enable_long_queue_ids = no" "smtp_tls_connection_reuse = no"
+
+"$PY" "$HERE/verify.py" "$OUT/mail.log" "$OUT/manifest.json"
+"$PY" "$HERE/verify.py" "$OUT/mail-long-ids.log" "$OUT/manifest-long-ids.json"
 trap - EXIT
 cleanup
 log "done; postfix stopped, port 25 free"

@@ -127,19 +127,37 @@ const CHUNK: usize = 1 << 20;
 /// Longer lines are cut here (their first MiB is parsed).
 const MAX_LINE: usize = 1 << 20;
 
-/// Feed every line of `reader` to `parser`. Returns bytes and lines read.
+/// What a read consumed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Consumed {
+    /// Bytes read from the reader.
+    pub read: u64,
+    /// Bytes fed as complete lines (tailing resumes here).
+    pub consumed: u64,
+    /// Lines fed.
+    pub lines: u64,
+}
+
+/// Feed every line of `reader` to `parser`, numbering from `first_line`.
+/// With `final_line` the unterminated tail is a line (a whole file); without
+/// it the tail is left for the next read (a file still being written).
 pub fn scan_reader(
     mut reader: impl Read,
     file: u32,
     first_line: u64,
+    final_line: bool,
     parser: &mut dyn LineParser,
     store: &mut TraceStore,
-) -> io::Result<(u64, u64)> {
+) -> io::Result<Consumed> {
     let mut buf = vec![0u8; CHUNK];
     let mut filled = 0usize;
     let mut line_no = first_line;
-    let mut bytes = 0u64;
+    let mut read = 0u64;
     let mut skipping = false; // inside an over-long line
+    let feed = |parser: &mut dyn LineParser, store: &mut TraceStore, line: &[u8], n: u64| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        parser.feed(line, LineRef { file, line: n }, store);
+    };
     loop {
         let n = match reader.read(&mut buf[filled..]) {
             Ok(0) => break,
@@ -147,22 +165,13 @@ pub fn scan_reader(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        bytes += n as u64;
+        read += n as u64;
         filled += n;
         let mut start = 0;
         while let Some(i) = memchr::memchr(b'\n', &buf[start..filled]) {
             let end = start + i;
             if !skipping {
-                let line = &buf[start..end];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                parser.feed(
-                    line,
-                    LineRef {
-                        file,
-                        line: line_no,
-                    },
-                    store,
-                );
+                feed(parser, store, &buf[start..end], line_no);
             }
             skipping = false;
             line_no += 1;
@@ -173,34 +182,28 @@ pub fn scan_reader(
         if filled == buf.len() {
             // No newline in a whole buffer: parse its start, skip the rest.
             if !skipping {
-                parser.feed(
-                    &buf[..MAX_LINE.min(filled)],
-                    LineRef {
-                        file,
-                        line: line_no,
-                    },
-                    store,
-                );
+                feed(parser, store, &buf[..MAX_LINE.min(filled)], line_no);
             }
             skipping = true;
             filled = 0;
         }
     }
-    if filled > 0 && !skipping {
-        let line = &buf[..filled];
-        parser.feed(
-            line.strip_suffix(b"\r").unwrap_or(line),
-            LineRef {
-                file,
-                line: line_no,
-            },
-            store,
-        );
+    let mut consumed = read - filled as u64;
+    if final_line && (filled > 0 || skipping) {
+        if filled > 0 && !skipping {
+            feed(parser, store, &buf[..filled], line_no);
+        }
         line_no += 1;
-    } else if filled > 0 || skipping {
-        line_no += 1;
+        consumed = read;
+    } else if skipping {
+        // An over-long line still being written: it is skipped anyway.
+        consumed = read;
     }
-    Ok((bytes, line_no - first_line))
+    Ok(Consumed {
+        read,
+        consumed,
+        lines: line_no - first_line,
+    })
 }
 
 /// Open a file, transparently decompressing gzip (by magic bytes).
@@ -232,16 +235,11 @@ pub fn scan_files(
             path: path.display().to_string(),
             error,
         };
-        let reader = open(path).map_err(read_err)?;
-        let (bytes, lines) =
-            scan_reader(reader, i as u32, 1, parser, store).map_err(|error| LogError::Read {
-                source_name: source_name.to_string(),
-                path: path.display().to_string(),
-                error,
-            })?;
+        let reader = open(path).map_err(&read_err)?;
+        let c = scan_reader(reader, i as u32, 1, true, parser, store).map_err(read_err)?;
         stats.files += 1;
-        stats.bytes += bytes;
-        stats.lines += lines;
+        stats.bytes += c.read;
+        stats.lines += c.lines;
     }
     Ok(stats)
 }
@@ -299,9 +297,10 @@ mod tests {
         }
         let mut c = Collect(vec![]);
         let mut store = TraceStore::default();
-        let (bytes, lines) = scan_reader(Slow(data.clone(), 0), 0, 1, &mut c, &mut store).unwrap();
-        assert_eq!(bytes, data.len() as u64);
-        assert_eq!(lines, 4);
+        let got = scan_reader(Slow(data.clone(), 0), 0, 1, true, &mut c, &mut store).unwrap();
+        assert_eq!(got.read, data.len() as u64);
+        assert_eq!(got.consumed, data.len() as u64);
+        assert_eq!(got.lines, 4);
         let got: Vec<(u64, &[u8])> = c.0.iter().map(|(n, l)| (*n, l.as_slice())).collect();
         assert_eq!(
             got,
@@ -320,8 +319,8 @@ mod tests {
         data.extend_from_slice(b"\nafter\n");
         let mut c = Collect(vec![]);
         let mut store = TraceStore::default();
-        let (_, lines) = scan_reader(&data[..], 0, 1, &mut c, &mut store).unwrap();
-        assert_eq!(lines, 2);
+        let got = scan_reader(&data[..], 0, 1, true, &mut c, &mut store).unwrap();
+        assert_eq!(got.lines, 2);
         assert_eq!(c.0.last().unwrap(), &(2, b"after".to_vec()));
         assert_eq!(c.0[0].1.len(), MAX_LINE);
     }

@@ -1,6 +1,7 @@
 //! Adapters: the I/O edges. Databases (`db`), queues (`queue`) and evidence
-//! sources (`logfile`). Adapters fetch and execute; they never decide.
+//! sources (`logfile`, and `tail` for the daemon's incremental reads). Adapters fetch and execute; they never decide.
 
 pub mod db;
 pub mod logfile;
 pub mod queue;
+pub mod tail;

@@ -283,6 +283,7 @@ pub async fn run(cfg: &Config, sweep: &str, key: &str) -> anyhow::Result<u8> {
         keep_text: true,
         max_rows: None,
         key: Some(key.to_string()),
+        incremental: false,
     };
     let mut conns = Connections::new();
     let result = run_pass(cfg, &mut conns, &opts, chrono::Utc::now()).await;

@@ -15,6 +15,7 @@
 use crate::adapters::db::{Db, DbError, LockGuard, StaleSummary, SweepTable, Target, Transition};
 use crate::adapters::logfile::{self, ScanStats};
 use crate::adapters::queue::{JobRequest, QueueClient, QueueError};
+use crate::adapters::tail::Tailer;
 use crate::config::{Config, EvidenceKind, SweepConfig};
 use crate::core::decide::{plan, Brakes, RowContext};
 use crate::core::evidence::{KeyFilter, TraceStore};
@@ -36,6 +37,8 @@ pub struct Connections {
     dbs: HashMap<String, Db>,
     queues: HashMap<String, QueueClient>,
     ledger_ready: HashSet<String>,
+    /// The daemon's incremental log readers, by source name.
+    tailers: HashMap<String, Tailer>,
 }
 
 impl Connections {
@@ -85,6 +88,7 @@ impl Connections {
         }
         self.dbs.clear();
         self.queues.clear();
+        self.tailers.clear();
     }
 }
 
@@ -100,7 +104,50 @@ pub struct PassOptions {
     pub max_rows: Option<usize>,
     /// Only this row key (for `explain`); other rows are not listed.
     pub key: Option<String>,
+    /// Read logs incrementally through long-lived tailers kept in
+    /// `Connections` (the daemon), instead of one full scan per pass.
+    pub incremental: bool,
 }
+
+/// Where a pass looks evidence up: a one-off scan or a daemon's tailer.
+pub trait EvidenceIndex {
+    fn store(&self) -> &TraceStore;
+    /// The name of file `i` of `LineRef.file`.
+    fn file_name(&self, i: u32) -> String;
+    fn slack(&self) -> Duration;
+}
+
+impl EvidenceIndex for SourceScan {
+    fn store(&self) -> &TraceStore {
+        &self.store
+    }
+    fn file_name(&self, i: u32) -> String {
+        self.files
+            .get(i as usize)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+    fn slack(&self) -> Duration {
+        self.slack
+    }
+}
+
+impl EvidenceIndex for Tailer {
+    fn store(&self) -> &TraceStore {
+        &self.store
+    }
+    fn file_name(&self, i: u32) -> String {
+        self.names
+            .get(i as usize)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+    fn slack(&self) -> Duration {
+        Tailer::slack(self)
+    }
+}
+
+type Views<'a> = BTreeMap<String, Result<&'a dyn EvidenceIndex, String>>;
 
 /// The scan of one evidence source.
 pub struct SourceScan {
@@ -177,15 +224,46 @@ pub async fn run_pass(
         collected.push(collect(cfg, conns, s, opts).await);
     }
 
-    let scans = scan_evidence(cfg, &collected, opts, wall_now).await;
+    let scans = if opts.incremental {
+        BTreeMap::new()
+    } else {
+        scan_evidence(cfg, &collected, opts, wall_now).await
+    };
+    let tailers = if opts.incremental {
+        poll_tailers(cfg, conns, &collected, wall_now).await
+    } else {
+        BTreeMap::new()
+    };
+    let mut views: Views<'_> = BTreeMap::new();
+    for (name, scan) in &scans {
+        views.insert(
+            name.clone(),
+            scan.as_ref()
+                .map(|s| s as &dyn EvidenceIndex)
+                .map_err(Clone::clone),
+        );
+    }
+    for (name, (tailer, err)) in &tailers {
+        views.insert(
+            name.clone(),
+            match err {
+                None => Ok(tailer as &dyn EvidenceIndex),
+                Some(e) => Err(e.clone()),
+            },
+        );
+    }
 
     let mut lookups = BTreeMap::new();
     let mut sweeps = Vec::with_capacity(collected.len());
     let mut details = Vec::with_capacity(collected.len());
     for c in collected {
-        let (report, detail) = settle(cfg, conns, c, &scans, opts, &mut lookups).await;
+        let (report, detail) = settle(cfg, conns, c, &views, opts, &mut lookups).await;
         sweeps.push(report);
         details.push(detail);
+    }
+    drop(views);
+    for (name, (tailer, _)) in tailers {
+        conns.tailers.insert(name, tailer);
     }
     PassResult {
         report: Report {
@@ -387,12 +465,57 @@ async fn scan_evidence(
     out
 }
 
+/// Poll the daemon's tailer of every log source the sweeps use (creating
+/// it on first use), then forget messages older than any row could need.
+async fn poll_tailers(
+    cfg: &Config,
+    conns: &mut Connections,
+    collected: &[Collected<'_>],
+    wall_now: Timestamp,
+) -> BTreeMap<String, (Tailer, Option<String>)> {
+    // Per source: the longest a row may wait for evidence.
+    let mut horizon: BTreeMap<&str, Duration> = BTreeMap::new();
+    for c in collected {
+        let give_up = c
+            .sweep
+            .rules
+            .sending
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.give_up_after);
+        for e in &c.sweep.evidence {
+            let h = horizon.entry(e.source.as_str()).or_default();
+            *h = (*h).max(give_up);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (source, keep) in horizon {
+        let ecfg = cfg
+            .evidence
+            .get(source)
+            .expect("validation resolves sources");
+        let EvidenceKind::Log(lcfg) = &ecfg.kind;
+        let mut tailer = conns
+            .tailers
+            .remove(source)
+            .unwrap_or_else(|| Tailer::new(source, lcfg, wall_now));
+        let keep = delta(keep + tailer.slack() + Duration::from_secs(86_400));
+        let (tailer, err) = tokio::task::spawn_blocking(move || {
+            let r = tailer.poll(wall_now);
+            tailer.prune(wall_now - keep);
+            (tailer, r.err().map(|e| e.to_string()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("log tailer task panicked: {e}"));
+        if let Some(e) = &err {
+            tracing::warn!(source, error = %e, "evidence source unavailable");
+        }
+        out.insert(source.to_string(), (tailer, err));
+    }
+    out
+}
+
 /// Each configured source's verdict on one row.
-fn row_evidence(
-    sweep: &SweepConfig,
-    row: &StuckRow,
-    scans: &BTreeMap<String, Result<SourceScan, String>>,
-) -> Vec<SourceVerdict> {
+fn row_evidence(sweep: &SweepConfig, row: &StuckRow, scans: &Views<'_>) -> Vec<SourceVerdict> {
     if row.state != RowState::Sending {
         return Vec::new();
     }
@@ -412,17 +535,12 @@ fn row_evidence(
             }
             match scans.get(&e.source) {
                 Some(Ok(scan)) => {
-                    let since = row.updated_at - delta(scan.slack);
-                    let kv = scan.store.verdict(&lookup, Some(since));
+                    let since = row.updated_at - delta(scan.slack());
+                    let kv = scan.store().verdict(&lookup, Some(since));
                     let mut references = Vec::new();
                     for m in &kv.instances {
                         for l in m.lines.iter().take(20) {
-                            let file = scan
-                                .files
-                                .get(l.file as usize)
-                                .map(|p| p.display().to_string())
-                                .unwrap_or_default();
-                            references.push(format!("{file}:{}", l.line));
+                            references.push(format!("{}:{}", scan.file_name(l.file), l.line));
                         }
                     }
                     SourceVerdict {
@@ -453,7 +571,7 @@ async fn settle(
     cfg: &Config,
     conns: &mut Connections,
     c: Collected<'_>,
-    scans: &BTreeMap<String, Result<SourceScan, String>>,
+    scans: &Views<'_>,
     opts: &PassOptions,
     lookups: &mut BTreeMap<(String, &'static str), u64>,
 ) -> (SweepReport, SweepDetail) {

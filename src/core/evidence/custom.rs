@@ -138,6 +138,10 @@ impl LineParser for CustomParser {
         }
     }
 
+    fn set_now(&mut self, now: crate::core::model::Timestamp) {
+        self.ts.now = now;
+    }
+
     fn reset_in_flight(&mut self) {
         self.joined.clear();
         self.keyed.clear();

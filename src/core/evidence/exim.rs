@@ -158,6 +158,10 @@ impl LineParser for EximParser {
         m.record(&text(rcpt), status, detail, at);
     }
 
+    fn set_now(&mut self, now: crate::core::model::Timestamp) {
+        self.ts.now = now;
+    }
+
     fn reset_in_flight(&mut self) {
         self.active.clear();
     }

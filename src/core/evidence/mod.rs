@@ -371,6 +371,9 @@ pub trait LineParser: Send {
 
     /// Forget in-flight state (used when a tailed file is truncated).
     fn reset_in_flight(&mut self) {}
+
+    /// Move the clock used to infer missing years (a long-running daemon).
+    fn set_now(&mut self, _now: Timestamp) {}
 }
 
 /// Find `needle` in `hay`.

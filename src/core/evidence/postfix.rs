@@ -137,6 +137,10 @@ impl LineParser for PostfixParser {
         }
     }
 
+    fn set_now(&mut self, now: crate::core::model::Timestamp) {
+        self.ts.now = now;
+    }
+
     fn reset_in_flight(&mut self) {
         self.active.clear();
     }
