@@ -112,6 +112,7 @@ postconf -e \
     "delay_warning_time = 0h" \
     "smtp_tls_security_level = may" \
     "smtp_tls_loglevel = 1" \
+    "smtp_connection_cache_destinations = [127.0.0.1]:$SINK_PORT" \
     "smtpd_tls_security_level = none" \
     "alias_maps = hash:/etc/aliases" \
     "alias_database = hash:/etc/aliases"
@@ -176,11 +177,12 @@ run_capture() {
     log "  wrote $OUT/$logname ($(wc -l < "$OUT/$logname") lines)"
 }
 
-# Run 1: short queue IDs; TLS without connection reuse (Postfix's default), so
+# Run 1: short queue IDs; TLS connection reuse through tlsproxy plus a
+# connection cache for the relayhost, so conn_use= appears.
+run_capture short no  yes main own     mail.log          manifest.json          sink.log
+# Run 2: long queue IDs; TLS without connection reuse (Postfix's default), so
 # every delivery is its own TLS session and no conn_use= appears.
-run_capture short no  no  main own     mail.log          manifest.json          sink.log
-# Run 2: long queue IDs; TLS connection reuse through tlsproxy, so conn_use= appears.
-run_capture long  yes yes long ownlong mail-long-ids.log manifest-long-ids.json sink-long-ids.log
+run_capture long  yes no  long ownlong mail-long-ids.log manifest-long-ids.json sink-long-ids.log
 
 # Leave Postfix with defaults for these two settings, stopped.
 postconf -e "enable_long_queue_ids = no" "smtp_tls_connection_reuse = no"

@@ -61,6 +61,17 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Daemon: every sweep on its schedule, /metrics /healthz /readyz, SIGHUP reloads.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// After SIGTERM/SIGINT, exit at the latest after this long.
+        #[arg(long, default_value = "8s", value_parser = parse_duration_arg)]
+        shutdown_timeout: std::time::Duration,
+        /// Wait this long before the first pass (default: a few seconds of jitter).
+        #[arg(long, value_parser = parse_duration_arg)]
+        initial_delay: Option<std::time::Duration>,
+    },
     /// One pass over every sweep (cron / Kubernetes CronJob).
     Once {
         #[command(flatten)]
@@ -166,6 +177,17 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, u8> {
 async fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Demo { dir } => super::demo::run(dir).await,
+        Command::Run {
+            config,
+            shutdown_timeout,
+            initial_delay,
+        } => {
+            let cfg = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            super::daemon::run(config.config.clone(), cfg, shutdown_timeout, initial_delay).await
+        }
         Command::Once {
             config,
             sweeps,
@@ -240,6 +262,10 @@ async fn run(cli: Cli) -> u8 {
             EXIT_USAGE
         }
     }
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::validate::parse_duration(s)
 }
 
 fn check_sweep_names(cfg: &Config, names: &[String]) -> Result<(), u8> {

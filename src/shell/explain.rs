@@ -284,6 +284,7 @@ pub async fn run(cfg: &Config, sweep: &str, key: &str) -> anyhow::Result<u8> {
         max_rows: None,
         key: Some(key.to_string()),
         incremental: false,
+        stop: None,
     };
     let mut conns = Connections::new();
     let result = run_pass(cfg, &mut conns, &opts, chrono::Utc::now()).await;

@@ -1,9 +1,12 @@
-//! The imperative shell: the pass (`pass`), the CLI (`cli`), `check` and
-//! `demo`. It wires config, adapters and the pure core together; it
+//! The imperative shell: the pass (`pass`), the CLI (`cli`), the daemon
+//! (`daemon`, `schedule`, `metrics`), `check`, `explain` and `demo`. It wires config, adapters and the pure core together; it
 //! decides nothing itself.
 
 pub mod check;
 pub mod cli;
+pub mod daemon;
 pub mod demo;
 pub mod explain;
+pub mod metrics;
 pub mod pass;
+pub mod schedule;

@@ -29,6 +29,8 @@ use crate::core::report::{
 use chrono::TimeDelta;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Connections kept across passes (the daemon reuses them).
@@ -107,10 +109,18 @@ pub struct PassOptions {
     /// Read logs incrementally through long-lived tailers kept in
     /// `Connections` (the daemon), instead of one full scan per pass.
     pub incremental: bool,
+    /// Set by a shutdown signal: finish the batch in hand, apply no more.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl PassOptions {
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+    }
 }
 
 /// Where a pass looks evidence up: a one-off scan or a daemon's tailer.
-pub trait EvidenceIndex {
+pub trait EvidenceIndex: Sync {
     fn store(&self) -> &TraceStore;
     /// The name of file `i` of `LineRef.file`.
     fn file_name(&self, i: u32) -> String;
@@ -147,7 +157,7 @@ impl EvidenceIndex for Tailer {
     }
 }
 
-type Views<'a> = BTreeMap<String, Result<&'a dyn EvidenceIndex, String>>;
+type Views<'a> = BTreeMap<String, Result<&'a (dyn EvidenceIndex + Sync), String>>;
 
 /// The scan of one evidence source.
 pub struct SourceScan {
@@ -166,6 +176,9 @@ pub struct PassResult {
     pub scans: BTreeMap<String, Result<SourceScan, String>>,
     /// Stuck rows and decisions per sweep (for `explain`).
     pub details: Vec<SweepDetail>,
+    /// Every evidence source read in this pass: `None` when it was read,
+    /// else why not.
+    pub sources: BTreeMap<String, Option<String>>,
 }
 
 impl PassResult {
@@ -196,7 +209,6 @@ struct Collected<'c> {
 struct Ready {
     db: Db,
     table: SweepTable,
-    lock: Option<LockGuard>,
     now: Timestamp,
     stale: PerState<StaleSummary>,
     rows: Vec<StuckRow>,
@@ -220,8 +232,24 @@ pub async fn run_pass(
         .collect();
 
     let mut collected = Vec::with_capacity(selected.len());
+    // Sweep locks, held from collect to the end of settle (real passes).
+    let mut locks: Vec<Option<LockGuard>> = Vec::with_capacity(selected.len());
     for s in selected {
-        collected.push(collect(cfg, conns, s, opts).await);
+        if opts.stopping() {
+            let mut report = SweepReport::empty(&s.name, &s.table.to_string());
+            report.skipped = Some("shutting down".into());
+            collected.push(Collected {
+                sweep: s,
+                report,
+                started: Instant::now(),
+                ready: None,
+            });
+            locks.push(None);
+            continue;
+        }
+        let (c, lock) = collect(cfg, conns, s, opts).await;
+        collected.push(c);
+        locks.push(lock);
     }
 
     let scans = if opts.incremental {
@@ -234,12 +262,19 @@ pub async fn run_pass(
     } else {
         BTreeMap::new()
     };
+    let mut sources = BTreeMap::new();
+    for (name, scan) in &scans {
+        sources.insert(name.clone(), scan.as_ref().err().cloned());
+    }
+    for (name, (_, err)) in &tailers {
+        sources.insert(name.clone(), err.clone());
+    }
     let mut views: Views<'_> = BTreeMap::new();
     for (name, scan) in &scans {
         views.insert(
             name.clone(),
             scan.as_ref()
-                .map(|s| s as &dyn EvidenceIndex)
+                .map(|s| s as &(dyn EvidenceIndex + Sync))
                 .map_err(Clone::clone),
         );
     }
@@ -247,7 +282,7 @@ pub async fn run_pass(
         views.insert(
             name.clone(),
             match err {
-                None => Ok(tailer as &dyn EvidenceIndex),
+                None => Ok(tailer as &(dyn EvidenceIndex + Sync)),
                 Some(e) => Err(e.clone()),
             },
         );
@@ -256,8 +291,8 @@ pub async fn run_pass(
     let mut lookups = BTreeMap::new();
     let mut sweeps = Vec::with_capacity(collected.len());
     let mut details = Vec::with_capacity(collected.len());
-    for c in collected {
-        let (report, detail) = settle(cfg, conns, c, &views, opts, &mut lookups).await;
+    for (c, lock) in collected.into_iter().zip(locks) {
+        let (report, detail) = settle(cfg, conns, c, lock, &views, opts, &mut lookups).await;
         sweeps.push(report);
         details.push(detail);
     }
@@ -275,6 +310,7 @@ pub async fn run_pass(
         lookups,
         scans,
         details,
+        sources,
     }
 }
 
@@ -291,10 +327,11 @@ async fn collect<'c>(
     conns: &mut Connections,
     sweep: &'c SweepConfig,
     opts: &PassOptions,
-) -> Collected<'c> {
+) -> (Collected<'c>, Option<LockGuard>) {
     let started = Instant::now();
     let mut report = SweepReport::empty(&sweep.name, &sweep.table.to_string());
-    let ready = match try_collect(cfg, conns, sweep, opts, &mut report).await {
+    let mut lock = None;
+    let ready = match try_collect(cfg, conns, sweep, opts, &mut report, &mut lock).await {
         Ok(r) => r,
         Err(e) => {
             report.errors.push(PassError {
@@ -304,12 +341,20 @@ async fn collect<'c>(
             None
         }
     };
-    Collected {
-        sweep,
-        report,
-        started,
-        ready,
+    if ready.is_none() {
+        if let Some(l) = lock.take() {
+            l.release().await;
+        }
     }
+    (
+        Collected {
+            sweep,
+            report,
+            started,
+            ready,
+        },
+        lock,
+    )
 }
 
 type StageError = (Stage, String);
@@ -324,23 +369,22 @@ async fn try_collect(
     sweep: &SweepConfig,
     opts: &PassOptions,
     report: &mut SweepReport,
+    lock_out: &mut Option<LockGuard>,
 ) -> Result<Option<Ready>, StageError> {
     let db = conns
         .db(cfg, &sweep.database)
         .await
         .map_err(at(Stage::Fetch))?;
     let table = db.sweep_table(sweep).await.map_err(at(Stage::Fetch))?;
-    let lock = if opts.dry_run {
-        None
-    } else {
+    if !opts.dry_run {
         match db.try_lock(&sweep.name).await.map_err(at(Stage::Lock))? {
-            Some(l) => Some(l),
+            Some(l) => *lock_out = Some(l),
             None => {
                 report.skipped = Some("another sweeper instance holds this sweep's lock".into());
                 return Ok(None);
             }
         }
-    };
+    }
     let now = db.now().await.map_err(at(Stage::Fetch))?;
     let counts = db.state_counts(&table).await.map_err(at(Stage::Fetch))?;
     report.totals = Totals {
@@ -396,7 +440,6 @@ async fn try_collect(
     Ok(Some(Ready {
         db,
         table,
-        lock,
         now,
         stale,
         rows,
@@ -571,6 +614,7 @@ async fn settle(
     cfg: &Config,
     conns: &mut Connections,
     c: Collected<'_>,
+    lock: Option<LockGuard>,
     scans: &Views<'_>,
     opts: &PassOptions,
     lookups: &mut BTreeMap<(String, &'static str), u64>,
@@ -633,7 +677,8 @@ async fn settle(
     let outcomes = if opts.dry_run {
         vec![Outcome::NotApplied; decisions.len()]
     } else {
-        let (outcomes, errors) = apply(cfg, conns, sweep, &ready, &decisions, &evidence).await;
+        let (outcomes, errors) =
+            apply(cfg, conns, sweep, &ready, &decisions, &evidence, opts).await;
         let mut o = Outcomes::default();
         for (out, d) in outcomes.iter().zip(&decisions) {
             match out {
@@ -670,7 +715,7 @@ async fn settle(
             outcome: outcomes[i].clone(),
         });
     }
-    if let Some(lock) = ready.lock {
+    if let Some(lock) = lock {
         lock.release().await;
     }
     report.duration_seconds = started.elapsed().as_secs_f64();
@@ -731,6 +776,7 @@ async fn apply(
     ready: &Ready,
     decisions: &[Decision],
     evidence: &[Vec<SourceVerdict>],
+    opts: &PassOptions,
 ) -> (Vec<Outcome>, Vec<PassError>) {
     let mut outcomes = vec![Outcome::NotApplied; decisions.len()];
     let mut errors: Vec<PassError> = Vec::new();
@@ -749,6 +795,9 @@ async fn apply(
         .filter(|i| matches!(decisions[*i].action, Action::MarkSent | Action::MarkError))
         .collect();
     for chunk in marks.chunks(batch) {
+        if opts.stopping() {
+            break;
+        }
         let changes: Vec<Transition<'_>> = chunk
             .iter()
             .map(|i| Transition {
@@ -823,6 +872,9 @@ async fn apply(
         }
     }
     for chunk in requeues.chunks(batch) {
+        if opts.stopping() {
+            break;
+        }
         // Re-assert every row before pushing: pending rows must still be
         // pending with the version we read; sending rows are moved back to
         // pending by a guarded update first.

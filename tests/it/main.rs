@@ -3,6 +3,7 @@
 //! with instructions, it is never skipped.
 
 mod config_errors;
+mod daemon;
 mod evidence_fixtures;
 mod sql_sweeps;
 mod support;

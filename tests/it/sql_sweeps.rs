@@ -7,25 +7,25 @@ use sqlx::{AnyPool, Row};
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Ts {
+pub enum Ts {
     PgTz,
     PgNaive,
     SqliteText,
     SqliteInt,
 }
 
-struct Backend {
-    ts: Ts,
-    url: String,
-    pool: AnyPool,
-    table: String,
-    ledger: String,
+pub struct Backend {
+    pub ts: Ts,
+    pub url: String,
+    pub pool: AnyPool,
+    pub table: String,
+    pub ledger: String,
 }
 
 /// (id, user_id, state, minutes ago, message_id)
 type Seed = (i64, Option<i64>, &'static str, i64, Option<&'static str>);
 
-const ROWS: &[Seed] = &[
+pub const ROWS: &[Seed] = &[
     (1, Some(11), "pending", 2, None),
     (2, Some(12), "pending", 20, None),
     (3, None, "pending", 180, None),
@@ -39,7 +39,7 @@ const ROWS: &[Seed] = &[
 ];
 
 impl Backend {
-    async fn new(ts: Ts, dir: &Path) -> Backend {
+    pub async fn new(ts: Ts, dir: &Path) -> Backend {
         sqlx::any::install_default_drivers();
         let url = match ts {
             Ts::PgTz | Ts::PgNaive => pg_url(),
@@ -84,7 +84,7 @@ impl Backend {
         b
     }
 
-    fn ago(&self, mins: i64) -> String {
+    pub fn ago(&self, mins: i64) -> String {
         match self.ts {
             Ts::PgTz => format!("now() - interval '{mins} minutes'"),
             Ts::PgNaive => format!("(now() AT TIME ZONE 'UTC') - interval '{mins} minutes'"),
@@ -93,7 +93,7 @@ impl Backend {
         }
     }
 
-    async fn exec(&self, sql: &str) {
+    pub async fn exec(&self, sql: &str) {
         sqlx::query(sql)
             .execute(&self.pool)
             .await
@@ -101,7 +101,7 @@ impl Backend {
     }
 
     /// Every row as text, for before/after comparisons.
-    async fn snapshot(&self) -> Vec<String> {
+    pub async fn snapshot(&self) -> Vec<String> {
         let cast = |c: &str| match self.ts {
             Ts::PgTz | Ts::PgNaive => format!("{c}::text"),
             _ => format!("CAST({c} AS TEXT)"),
@@ -122,7 +122,7 @@ impl Backend {
             .collect()
     }
 
-    async fn state(&self, id: i64) -> String {
+    pub async fn state(&self, id: i64) -> String {
         sqlx::query(&format!(
             "SELECT notification_state FROM {} WHERE id = {id}",
             self.table
@@ -133,7 +133,7 @@ impl Backend {
         .get(0)
     }
 
-    async fn ledger_exists(&self) -> bool {
+    pub async fn ledger_exists(&self) -> bool {
         let sql = match self.ts {
             Ts::PgTz | Ts::PgNaive => format!(
                 "SELECT CAST(count(*) AS BIGINT) FROM pg_tables WHERE tablename = '{}'",
@@ -152,7 +152,7 @@ impl Backend {
         n > 0
     }
 
-    async fn cleanup(&self) {
+    pub async fn cleanup(&self) {
         let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.table))
             .execute(&self.pool)
             .await;
@@ -183,7 +183,7 @@ fn mail_log(dir: &Path) -> std::path::PathBuf {
     write(dir, "mail.log", &text)
 }
 
-fn config(b: &Backend, dir: &Path, namespace: &str, max_attempts: u32) -> std::path::PathBuf {
+pub fn config(b: &Backend, dir: &Path, namespace: &str, max_attempts: u32) -> std::path::PathBuf {
     let log = mail_log(dir);
     let yaml = format!(
         r#"databases:

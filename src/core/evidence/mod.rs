@@ -366,7 +366,7 @@ pub struct KeyVerdict<'a> {
 /// A line parser for one log format. Parsers keep their own in-flight state
 /// (queue IDs seen but not finished), so feeding consecutive files carries a
 /// message across rotation.
-pub trait LineParser: Send {
+pub trait LineParser: Send + Sync {
     fn feed(&mut self, line: &[u8], at: LineRef, store: &mut TraceStore);
 
     /// Forget in-flight state (used when a tailed file is truncated).

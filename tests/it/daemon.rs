@@ -1,0 +1,454 @@
+//! `sweeper run` end to end against Postgres + Redis: metrics before and
+//! after a pass, promtool, readiness, SIGHUP reloads, SIGTERM mid-pass.
+
+use crate::sql_sweeps::{config, Backend, Ts};
+use crate::support::*;
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP GET: (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    // Bodies may be chunked; metrics lines never start with a hex length
+    // followed by CRLF alone, so strip chunk-size lines.
+    let body = if raw
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
+    Some((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n.min(after.len())]);
+        rest = after.get(n + 2..).unwrap_or("");
+    }
+    out
+}
+
+/// `name{a="x",b="y"}` with labels sorted, so keys compare as written.
+fn canon(key: &str) -> String {
+    match key.split_once('{') {
+        None => key.to_string(),
+        Some((name, rest)) => {
+            let mut labels: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
+            labels.sort();
+            format!("{name}{{{}}}", labels.join(","))
+        }
+    }
+}
+
+/// `name{labels}` → value, from the text exposition.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((canon(k), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(&canon(key)).unwrap_or_else(|| {
+        panic!(
+            "no series {key} in metrics:\n{}",
+            m.keys().cloned().collect::<Vec<_>>().join("\n")
+        )
+    })
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn daemon_config(base: &Path, port: u16, every: &str, extra_sweep: &str) -> String {
+    let text = std::fs::read_to_string(base).unwrap();
+    format!("metrics:\n  listen: 127.0.0.1:{port}\n{text}").replacen(
+        "    timestamp_column: updated_at\n",
+        &format!("    timestamp_column: updated_at\n    every: {every}\n{extra_sweep}"),
+        1,
+    )
+}
+
+fn spawn(cfg: &Path, initial_delay: &str) -> Child {
+    sweeper()
+        .args([
+            "run",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--initial-delay",
+            initial_delay,
+        ])
+        .env("RUST_LOG", "sweeper=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sweeper run starts")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// Wait for exit; returns (code, seconds it took, stderr).
+fn wait_exit(mut child: Child, timeout: Duration) -> (Option<i32>, f64, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code(), start.elapsed().as_secs_f64(), err);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("sweeper run did not exit within {timeout:?}:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn promtool_check_metrics(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = child.unwrap_or_else(|e| {
+        panic!("promtool is required (apt-get install prometheus; .ci/run does): {e}")
+    });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stale counts by the table's own truth, straight from SQL.
+async fn true_stuck(b: &Backend) -> (i64, i64) {
+    let q = |state: &str, mins: i64| {
+        format!(
+            "SELECT count(*) FROM {} WHERE notification_state = '{state}' AND updated_at < now() - interval '{mins} minutes'",
+            b.table
+        )
+    };
+    let p: i64 = sqlx::query(&q("pending", 10))
+        .fetch_one(&b.pool)
+        .await
+        .unwrap()
+        .get(0);
+    let s: i64 = sqlx::query(&q("sending", 15))
+        .fetch_one(&b.pool)
+        .await
+        .unwrap()
+        .get(0);
+    (p, s)
+}
+
+#[tokio::test]
+async fn run_exports_true_counts_reloads_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ns = unique("resque_run");
+    let mut r = redis().await;
+    let base = config(&b, dir.path(), &ns, 5);
+    let port = free_port();
+    let cfg_text = daemon_config(&base, port, "1h", "");
+    let cfg = write(dir.path(), "run.yaml", &cfg_text);
+    let (truth_pending, truth_sending) = true_stuck(&b).await;
+    assert_eq!((truth_pending, truth_sending), (3, 3));
+
+    let child = spawn(&cfg, "3s");
+    wait_for("/healthz", Duration::from_secs(15), || {
+        get(port, "/healthz").filter(|(c, _)| *c == 200)
+    });
+    let (code, body) = wait_for("/readyz", Duration::from_secs(10), || {
+        get(port, "/readyz").filter(|(c, _)| *c == 200)
+    });
+    assert_eq!(code, 200);
+    assert!(body.contains("database app: reachable"), "{body}");
+
+    // Before the first pass: every series exists, at zero.
+    let (_, before_text) = get(port, "/metrics").unwrap();
+    let before = parse_metrics(&before_text);
+    let s = "sweep=\"notifications\"";
+    assert_eq!(
+        metric(
+            &before,
+            &format!("sweeper_last_success_timestamp_seconds{{{s}}}")
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &before,
+            &format!("sweeper_actions_total{{{s},action=\"requeue\"}}")
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &before,
+            &format!("sweeper_stuck_rows{{{s},state=\"pending\"}}")
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(&before, "sweeper_build_info{version=\"0.1.0\"}"),
+        1.0
+    );
+
+    // After the pass.
+    let after = wait_for("a successful pass", Duration::from_secs(20), || {
+        let (_, t) = get(port, "/metrics")?;
+        let m = parse_metrics(&t);
+        (m.get(&canon(&format!(
+            "sweeper_last_success_timestamp_seconds{{{s}}}"
+        )))
+        .copied()?
+            > 0.0)
+            .then_some((m, t))
+    });
+    let (m, text) = after;
+    promtool_check_metrics(&text);
+    assert_eq!(
+        metric(&m, &format!("sweeper_stuck_rows{{{s},state=\"pending\"}}")),
+        truth_pending as f64
+    );
+    assert_eq!(
+        metric(&m, &format!("sweeper_stuck_rows{{{s},state=\"sending\"}}")),
+        truth_sending as f64
+    );
+    assert_eq!(
+        metric(&m, &format!("sweeper_rows{{{s},state=\"pending\"}}")),
+        4.0
+    );
+    assert_eq!(
+        metric(&m, &format!("sweeper_rows{{{s},state=\"sending\"}}")),
+        4.0
+    );
+    assert_eq!(
+        metric(&m, &format!("sweeper_rows{{{s},state=\"error\"}}")),
+        1.0
+    );
+    let oldest = metric(
+        &m,
+        &format!("sweeper_oldest_stuck_age_seconds{{{s},state=\"pending\"}}"),
+    );
+    assert!((oldest - 48.0 * 3600.0).abs() < 120.0, "{oldest}");
+    for (action, want) in [
+        ("requeue", 3.0),
+        ("mark_sent", 1.0),
+        ("mark_error", 1.0),
+        ("leave", 1.0),
+        ("hold", 0.0),
+        ("already_moved", 0.0),
+    ] {
+        let got = metric(
+            &m,
+            &format!("sweeper_actions_total{{{s},action=\"{action}\"}}"),
+        );
+        let before = metric(
+            &before,
+            &format!("sweeper_actions_total{{{s},action=\"{action}\"}}"),
+        );
+        assert_eq!(got - before, want, "{action}");
+    }
+    for (result, want) in [
+        ("delivered", 1.0),
+        ("failed", 1.0),
+        ("not_found", 1.0),
+        ("unavailable", 0.0),
+    ] {
+        let key =
+            format!("sweeper_evidence_lookups_total{{source=\"postfix\",result=\"{result}\"}}");
+        assert_eq!(metric(&m, &key), want, "{result}");
+    }
+    assert_eq!(
+        metric(&m, "sweeper_evidence_source_up{source=\"postfix\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, &format!("sweeper_errors_total{{{s},stage=\"update\"}}")),
+        0.0
+    );
+    assert_eq!(
+        metric(&m, &format!("sweeper_pass_duration_seconds_count{{{s}}}")),
+        1.0
+    );
+    // What the pass did is really there.
+    let queued: i64 = redis::cmd("LLEN")
+        .arg(format!("{ns}:queue:notify"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(queued, 3);
+    assert_eq!(b.state(5).await, "sent");
+
+    // SIGHUP with a broken config keeps the old one and says so.
+    std::fs::write(&cfg, "sweeps: [this is not a sweep map]\n").unwrap();
+    signal(&child, "HUP");
+    let m = wait_for("failed reload counted", Duration::from_secs(10), || {
+        let m = parse_metrics(&get(port, "/metrics")?.1);
+        (m.get("sweeper_config_reloads_total{result=\"error\"}")
+            .copied()?
+            == 1.0)
+            .then_some(m)
+    });
+    assert_eq!(metric(&m, "sweeper_config_last_reload_successful"), 0.0);
+    assert_eq!(get(port, "/healthz").unwrap().0, 200, "still serving");
+    // A valid config reloads (here: the same sweep under a new name).
+    std::fs::write(&cfg, cfg_text.replace("  notifications:\n", "  renamed:\n")).unwrap();
+    signal(&child, "HUP");
+    let m = wait_for("successful reload", Duration::from_secs(10), || {
+        let m = parse_metrics(&get(port, "/metrics")?.1);
+        (m.get("sweeper_config_reloads_total{result=\"success\"}")
+            .copied()?
+            == 1.0)
+            .then_some(m)
+    });
+    assert_eq!(metric(&m, "sweeper_config_last_reload_successful"), 1.0);
+    assert!(m.contains_key(&canon(
+        "sweeper_stuck_rows{sweep=\"renamed\",state=\"pending\"}"
+    )));
+    assert!(
+        !m.contains_key(&canon(&format!(
+            "sweeper_stuck_rows{{{s},state=\"pending\"}}"
+        ))),
+        "removed sweep's gauges are dropped"
+    );
+
+    signal(&child, "TERM");
+    let (code, secs, err) = wait_exit(child, Duration::from_secs(12));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(secs < 10.0, "took {secs}s");
+    assert!(err.contains("stopped"), "{err}");
+    redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
+}
+
+/// SIGTERM in the middle of a large pass: the batch in hand finishes, no
+/// further batch starts, and every row is either fully requeued (pushed and
+/// recorded in the ledger) or untouched.
+#[tokio::test]
+async fn sigterm_mid_pass_leaves_nothing_half_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    b.exec(&format!(
+        "INSERT INTO {} SELECT g, g, 'pending', now() - interval '1 hour', NULL FROM generate_series(1000, 40999) g",
+        b.table
+    ))
+    .await;
+    let ns = unique("resque_term");
+    let mut r = redis().await;
+    let base = config(&b, dir.path(), &ns, 5);
+    let port = free_port();
+    let text = daemon_config(&base, port, "1h", "").replacen(
+        "      max_attempts: 5\n",
+        "      max_attempts: 5\n    limits: {batch_size: 50, max_actions: 100000}\n",
+        1,
+    );
+    let cfg = write(dir.path(), "run.yaml", &text);
+    let child = spawn(&cfg, "0s");
+    let key = format!("{ns}:queue:notify");
+    wait_for("the pass to start pushing", Duration::from_secs(30), || {
+        let n: i64 = redis::cmd("LLEN")
+            .arg(&key)
+            .query(&mut redis::Client::open(redis_url().as_str()).unwrap())
+            .ok()?;
+        (n > 0).then_some(())
+    });
+    signal(&child, "TERM");
+    let (code, secs, err) = wait_exit(child, Duration::from_secs(12));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(secs < 10.0, "took {secs}s:\n{err}");
+    let pushed: i64 = redis::cmd("LLEN")
+        .arg(&key)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let recorded: i64 = sqlx::query(&format!("SELECT count(*) FROM {}", b.ledger))
+        .fetch_one(&b.pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pushed > 0);
+    assert!(pushed < 40_003, "the pass was cut short ({pushed} pushed)");
+    assert_eq!(
+        pushed, recorded,
+        "every pushed job is recorded, nothing recorded is unpushed"
+    );
+    assert_eq!(
+        pushed % 50,
+        0,
+        "whole batches only (batch_size 50): {pushed}"
+    );
+    redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
+}
