@@ -21,6 +21,8 @@ use crate::core::model::Timestamp;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -208,10 +210,35 @@ pub fn scan_reader(
 
 /// Open a file, transparently decompressing gzip (by magic bytes).
 pub fn open(path: &Path) -> io::Result<Box<dyn Read + Send>> {
+    open_counted(path, None)
+}
+
+/// Counts the bytes read from the file itself (compressed, for .gz).
+struct Counted<R> {
+    inner: R,
+    counter: Option<Arc<AtomicU64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(c) = &self.counter {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
+/// `open`, adding the bytes read from disk to `counter` (progress).
+pub fn open_counted(
+    path: &Path,
+    counter: Option<Arc<AtomicU64>>,
+) -> io::Result<Box<dyn Read + Send>> {
     let mut f = File::open(path)?;
     let mut magic = [0u8; 2];
     let n = f.read(&mut magic)?;
     f.seek(SeekFrom::Start(0))?;
+    let f = Counted { inner: f, counter };
     if n == 2 && magic == [0x1f, 0x8b] {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(
             io::BufReader::new(f),
@@ -228,6 +255,17 @@ pub fn scan_files(
     parser: &mut dyn LineParser,
     store: &mut TraceStore,
 ) -> Result<ScanStats, LogError> {
+    scan_files_counted(source_name, files, parser, store, None)
+}
+
+/// `scan_files`, adding bytes read from disk to `progress`.
+pub fn scan_files_counted(
+    source_name: &str,
+    files: &[PathBuf],
+    parser: &mut dyn LineParser,
+    store: &mut TraceStore,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<ScanStats, LogError> {
     let mut stats = ScanStats::default();
     for (i, path) in files.iter().enumerate() {
         let read_err = |error| LogError::Read {
@@ -235,7 +273,7 @@ pub fn scan_files(
             path: path.display().to_string(),
             error,
         };
-        let reader = open(path).map_err(&read_err)?;
+        let reader = open_counted(path, progress.clone()).map_err(&read_err)?;
         let c = scan_reader(reader, i as u32, 1, true, parser, store).map_err(read_err)?;
         stats.files += 1;
         stats.bytes += c.read;

@@ -205,6 +205,7 @@ async fn run(cli: Cli) -> u8 {
                 dry_run,
                 only: sweeps,
                 max_rows: Some(1000),
+                progress: std::io::stderr().is_terminal(),
                 ..Default::default()
             };
             pass_and_print(&cfg, &opts, format).await
@@ -226,6 +227,7 @@ async fn run(cli: Cli) -> u8 {
                 dry_run: true,
                 only: sweeps,
                 max_rows: Some(max_rows),
+                progress: std::io::stderr().is_terminal(),
                 ..Default::default()
             };
             pass_and_print(&cfg, &opts, format).await

@@ -213,7 +213,7 @@ pub fn render(cfg: &Config, sweep: &SweepConfig, key: &str, result: &PassResult)
                             out,
                             "                recipient {}: {}{}",
                             r.rcpt,
-                            r.status.as_str(),
+                            m.effective_status(r).as_str(),
                             if r.detail.is_empty() {
                                 String::new()
                             } else {
@@ -285,6 +285,7 @@ pub async fn run(cfg: &Config, sweep: &str, key: &str) -> anyhow::Result<u8> {
         key: Some(key.to_string()),
         incremental: false,
         stop: None,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let mut conns = Connections::new();
     let result = run_pass(cfg, &mut conns, &opts, chrono::Utc::now()).await;

@@ -46,6 +46,8 @@ pub const VERDICT_LABELS: [&str; 5] = [
 
 pub struct Metrics {
     registry: Registry,
+    /// Every metric family name registered (histograms without suffixes).
+    names: Vec<String>,
     rows: IntGaugeVec,
     stuck: IntGaugeVec,
     oldest: GaugeVec,
@@ -159,6 +161,7 @@ impl Metrics {
             &["version"],
         ));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let mut names = Vec::new();
         for c in [
             Box::new(rows.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stuck.clone()),
@@ -174,6 +177,7 @@ impl Metrics {
             Box::new(reload_ok.clone()),
             Box::new(build),
         ] {
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             must(registry.register(c));
         }
         for r in ["success", "error"] {
@@ -182,6 +186,7 @@ impl Metrics {
         reload_ok.with_label_values(&[] as &[&str]).set(1);
         Metrics {
             registry,
+            names,
             rows,
             stuck,
             oldest,
@@ -365,6 +370,11 @@ impl Metrics {
         self.reload_ok
             .with_label_values(&[] as &[&str])
             .set(i64::from(ok));
+    }
+
+    /// Names of every metric family (for checking dashboards and alerts).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The Prometheus text exposition.

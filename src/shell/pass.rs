@@ -29,7 +29,7 @@ use crate::core::report::{
 use chrono::TimeDelta;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,8 @@ pub struct PassOptions {
     pub incremental: bool,
     /// Set by a shutdown signal: finish the batch in hand, apply no more.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Show scan progress on stderr (the CLI sets it when stderr is a TTY).
+    pub progress: bool,
 }
 
 impl PassOptions {
@@ -483,12 +485,22 @@ async fn scan_evidence(
                 let lcfg = lcfg.clone();
                 let name = source.to_string();
                 let keep_text = opts.keep_text;
-                tokio::task::spawn_blocking(move || -> Result<SourceScan, String> {
+                let counter = opts.progress.then(|| Arc::new(AtomicU64::new(0)));
+                let ticker = counter
+                    .clone()
+                    .map(|c| spawn_progress(source.to_string(), lcfg.paths.clone(), c));
+                let scan = tokio::task::spawn_blocking(move || -> Result<SourceScan, String> {
                     let files = logfile::resolve(&name, &lcfg.paths).map_err(|e| e.to_string())?;
                     let mut parser = logfile::parser_for(&lcfg, KeyFilter::Wanted(keys), wall_now);
                     let mut store = TraceStore::new(keep_text);
-                    let stats = logfile::scan_files(&name, &files, parser.as_mut(), &mut store)
-                        .map_err(|e| e.to_string())?;
+                    let stats = logfile::scan_files_counted(
+                        &name,
+                        &files,
+                        parser.as_mut(),
+                        &mut store,
+                        counter,
+                    )
+                    .map_err(|e| e.to_string())?;
                     Ok(SourceScan {
                         files,
                         store,
@@ -497,7 +509,12 @@ async fn scan_evidence(
                     })
                 })
                 .await
-                .unwrap_or_else(|e| Err(format!("evidence {source}: scan task failed: {e}")))
+                .unwrap_or_else(|e| Err(format!("evidence {source}: scan task failed: {e}")));
+                if let Some(t) = ticker {
+                    t.abort();
+                    eprint!("\r\x1b[2K");
+                }
+                scan
             }
         };
         if let Err(e) = &scan {
@@ -506,6 +523,34 @@ async fn scan_evidence(
         out.insert(source.to_string(), scan);
     }
     out
+}
+
+/// Print "scanning SOURCE: 120 / 1074 MB" on stderr until aborted.
+fn spawn_progress(
+    source: String,
+    patterns: Vec<String>,
+    done: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    let total: u64 = logfile::resolve(&source, &patterns)
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let d = done.load(Ordering::Relaxed);
+            eprint!(
+                "\r\x1b[2Kscanning {source}: {:.0} / {:.0} MB",
+                d as f64 / 1e6,
+                total as f64 / 1e6
+            );
+        }
+    })
 }
 
 /// Poll the daemon's tailer of every log source the sweeps use (creating

@@ -56,6 +56,9 @@ fn expected_postfix(kind: &str) -> Verdict {
         "deferred" => Verdict::InFlight {
             reason: InFlightReason::Deferred,
         },
+        "expired" => Verdict::Failed {
+            reason: FailReason::Expired,
+        },
         other => panic!("unknown expectation {other}"),
     }
 }
@@ -117,6 +120,31 @@ fn genuine_postfix_log_every_verdict_matches() {
         wanted(&messages),
     );
     check_postfix(&store, &messages);
+}
+
+/// Our own captures (scripts/capture-postfix): retries then sent, message
+/// expiry after deferrals, ok+defer partials, alias rewrites (orig_to),
+/// connection reuse (conn_use=), and a run with long queue IDs.
+#[test]
+fn own_postfix_captures_every_verdict_matches() {
+    let dir = fixtures().join("postfix-own");
+    for (log, manifest_file, min) in [
+        ("mail.log", "manifest.json", 60),
+        ("mail-long-ids.log", "manifest-long-ids.json", 16),
+    ] {
+        let messages = manifest(&dir.join(manifest_file));
+        assert!(messages.len() >= min, "{manifest_file}");
+        let store = scan(LogFormat::Postfix, &[dir.join(log)], wanted(&messages));
+        check_postfix(&store, &messages);
+        for (mid, m) in &messages {
+            let got = store.verdict(mid, None);
+            assert_eq!(
+                got.instances.last().unwrap().id,
+                m["queue_id"].as_str().unwrap(),
+                "{mid}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -5,5 +5,6 @@
 mod config_errors;
 mod daemon;
 mod evidence_fixtures;
+mod ops;
 mod sql_sweeps;
 mod support;

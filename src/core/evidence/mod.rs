@@ -142,16 +142,21 @@ impl MessageTrace {
         }
     }
 
+    /// A recipient's final status: a message that expired took its
+    /// still-deferred recipients with it.
+    pub fn effective_status(&self, r: &RecipientOutcome) -> RcptStatus {
+        match r.status {
+            RcptStatus::Deferred if self.expired => RcptStatus::Expired,
+            s => s,
+        }
+    }
+
     /// The verdict this message's trace supports, with a one-line summary.
     pub fn verdict(&self) -> (Verdict, String) {
         let statuses: Vec<RcptStatus> = self
             .recipients
             .iter()
-            .map(|r| match r.status {
-                // A message that expired took its deferred recipients with it.
-                RcptStatus::Deferred if self.expired => RcptStatus::Expired,
-                s => s,
-            })
+            .map(|r| self.effective_status(r))
             .collect();
         let summary = self.summary(&statuses);
         if statuses.is_empty() {
@@ -231,7 +236,7 @@ impl MessageTrace {
     pub fn failed_recipients(&self) -> Vec<&str> {
         self.recipients
             .iter()
-            .filter(|r| r.status.is_failure())
+            .filter(|r| self.effective_status(r).is_failure())
             .map(|r| r.rcpt.as_str())
             .collect()
     }
