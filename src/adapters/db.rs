@@ -761,13 +761,14 @@ impl Db {
         Ok(res.rows_affected())
     }
 
-    /// Take the sweep's lock: a session advisory lock in Postgres (`None`
-    /// when another instance holds it). SQLite is single-host: no lock.
-    pub async fn try_lock(&self, sweep: &str) -> Result<Option<LockGuard>, DbError> {
+    /// Take the sweep's lock: a session advisory lock in Postgres, keyed
+    /// by sweep name and table (`None` when another instance holds it).
+    /// SQLite is single-host: no lock.
+    pub async fn try_lock(&self, t: &SweepTable) -> Result<Option<LockGuard>, DbError> {
         match self.dialect {
             Dialect::Sqlite => Ok(Some(LockGuard { conn: None, key: 0 })),
             Dialect::Postgres => {
-                let key = lock_key(sweep);
+                let key = lock_key(&format!("{}:{}", t.sweep, t.table));
                 let mut conn = self
                     .pool
                     .acquire()

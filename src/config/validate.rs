@@ -279,7 +279,7 @@ fn metrics_config(p: &mut Problems, raw: RawMetrics) -> Option<MetricsConfig> {
     Some(MetricsConfig { listen })
 }
 
-const QUEUE_KINDS: &str = "resque, sidekiq, jsonl";
+const QUEUE_KINDS: &str = "resque, sidekiq, jsonl, amqp, http";
 
 fn kind_of(p: &mut Problems, path: &str, node: &Node, kinds: &str) -> Option<String> {
     match node.get("kind") {
@@ -410,6 +410,100 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
                 path: raw.path.into(),
             }
         }
+        "amqp" => {
+            let raw: RawAmqp = p.decode(node, path)?;
+            let url_ok = raw.url.starts_with("amqp://") || raw.url.starts_with("amqps://");
+            if !url_ok {
+                p.push(
+                    yaml::join(path, "url"),
+                    format!(
+                        "invalid amqp url {:?}: expected amqp://user:pass@host:5672/vhost",
+                        redact_url(&raw.url)
+                    ),
+                );
+            }
+            let routing_key = raw.routing_key.unwrap_or_else(|| "{{queue}}".into());
+            templates_ok(
+                p,
+                &yaml::join(path, "routing_key"),
+                &serde_json::Value::from(routing_key.clone()),
+            );
+            let headers = raw.headers.unwrap_or_default();
+            for (k, v) in &headers {
+                templates_ok(
+                    p,
+                    &yaml::join(&yaml::join(path, "headers"), k),
+                    &serde_json::Value::from(v.clone()),
+                );
+            }
+            let body = raw.body.unwrap_or_else(default_body);
+            templates_ok(p, &yaml::join(path, "body"), &body);
+            let confirm_timeout = duration_or(
+                p,
+                &yaml::join(path, "confirm_timeout"),
+                raw.confirm_timeout.as_ref(),
+                Duration::from_secs(10),
+            );
+            QueueKind::Amqp(AmqpConfig {
+                url: raw.url,
+                exchange: raw.exchange.unwrap_or_default(),
+                routing_key,
+                headers,
+                content_type: raw
+                    .content_type
+                    .unwrap_or_else(|| "application/json".into()),
+                body,
+                confirm_timeout: confirm_timeout?,
+            })
+        }
+        "http" => {
+            let raw: RawHttpQueue = p.decode(node, path)?;
+            if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
+                p.push(
+                    yaml::join(path, "url"),
+                    format!("invalid url {:?}: expected http:// or https://", raw.url),
+                );
+            }
+            templates_ok(
+                p,
+                &yaml::join(path, "url"),
+                &serde_json::Value::from(raw.url.clone()),
+            );
+            let method = raw
+                .method
+                .unwrap_or_else(|| "POST".into())
+                .to_ascii_uppercase();
+            if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
+                p.push(
+                    yaml::join(path, "method"),
+                    format!("method {method:?}: use POST, PUT or PATCH"),
+                );
+            }
+            let headers = raw.headers.unwrap_or_default();
+            for (k, v) in &headers {
+                templates_ok(
+                    p,
+                    &yaml::join(&yaml::join(path, "headers"), k),
+                    &serde_json::Value::from(v.clone()),
+                );
+            }
+            let body = raw.body.unwrap_or_else(default_body);
+            templates_ok(p, &yaml::join(path, "body"), &body);
+            let timeout = duration_or(
+                p,
+                &yaml::join(path, "timeout"),
+                raw.timeout.as_ref(),
+                Duration::from_secs(10),
+            );
+            QueueKind::Http(HttpQueueConfig {
+                url: raw.url,
+                method,
+                headers,
+                body,
+                timeout: timeout?,
+                max_retries: raw.max_retries.unwrap_or(3),
+            })
+        }
         other => {
             p.push(
                 yaml::join(path, "kind"),
@@ -422,6 +516,26 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
         name: name.to_string(),
         kind,
     })
+}
+
+/// The job body when none is configured (amqp, http).
+pub fn default_body() -> serde_json::Value {
+    serde_json::json!({"class": "{{class}}", "args": "{{args}}", "queue": "{{queue}}"})
+}
+
+/// Every `{{placeholder}}` in a template must be known.
+fn templates_ok(p: &mut Problems, path: &str, t: &serde_json::Value) {
+    for name in crate::core::template::names_in_value(t) {
+        if !crate::core::template::known(&name) {
+            p.push(
+                path,
+                format!(
+                    "unknown placeholder {{{{{name}}}}} (use {})",
+                    crate::core::template::PLACEHOLDERS.join(", ")
+                ),
+            );
+        }
+    }
 }
 
 /// Payload fields sweeper writes itself for Sidekiq.

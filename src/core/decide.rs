@@ -178,6 +178,7 @@ fn requeue_or_give_up(
     match ctx.presence {
         Some(Presence::Queued) => return Decision::new(Action::Hold, Reason::StillQueued),
         Some(Presence::Running) => return Decision::new(Action::Hold, Reason::Running),
+        Some(Presence::Unknown) => return Decision::new(Action::Hold, Reason::PresenceUnavailable),
         Some(Presence::Absent) | None => {}
     }
     if attempts >= rule.max_attempts {
@@ -491,6 +492,9 @@ mod tests {
                 .ledger(3, 20 * MIN, true)
                 .presence(Presence::Running)
                 .want(Hold, Reason::Running),
+            case("unknown presence holds", Pending, -2 * HOUR)
+                .presence(Presence::Unknown)
+                .want(Hold, Reason::PresenceUnavailable),
             case("absent job is requeued", Pending, -2 * HOUR)
                 .presence(Presence::Absent)
                 .want_requeue(Reason::StalePending, 1),

@@ -10,3 +10,4 @@ pub mod decide;
 pub mod evidence;
 pub mod model;
 pub mod report;
+pub mod template;

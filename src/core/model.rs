@@ -156,6 +156,8 @@ pub enum Presence {
     Queued,
     /// A worker is processing it right now.
     Running,
+    /// The presence check was configured but could not be made.
+    Unknown,
 }
 
 /// The five things sweeper can decide to do with a stuck row.
@@ -246,6 +248,8 @@ pub enum Reason {
     NoWorkers,
     /// `limits.max_actions` already used this pass.
     MaxActions,
+    /// The presence check could not be made (queue unreachable).
+    PresenceUnavailable,
 }
 
 impl Reason {
@@ -270,6 +274,7 @@ impl Reason {
             Reason::Storm => "storm",
             Reason::NoWorkers => "no_workers",
             Reason::MaxActions => "max_actions",
+            Reason::PresenceUnavailable => "presence_unavailable",
         }
     }
 
@@ -309,6 +314,9 @@ impl Reason {
             }
             Reason::NoWorkers => "the queue has no live workers; requeueing would only grow the pile",
             Reason::MaxActions => "limits.max_actions already reached in this pass",
+            Reason::PresenceUnavailable => {
+                "could not check whether its job is still queued; not requeueing blind"
+            }
         }
     }
 }

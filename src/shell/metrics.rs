@@ -26,13 +26,14 @@ pub const ACTION_LABELS: [&str; 6] = [
 ];
 
 /// Reasons a row can be held; `sweeper_held_rows` has one series each.
-pub const HOLD_REASONS: [Reason; 6] = [
+pub const HOLD_REASONS: [Reason; 7] = [
     Reason::Storm,
     Reason::NoWorkers,
     Reason::MaxActions,
     Reason::StillQueued,
     Reason::Running,
     Reason::Conflict,
+    Reason::PresenceUnavailable,
 ];
 
 /// Verdict labels of `sweeper_evidence_lookups_total`.

@@ -16,12 +16,12 @@ use crate::adapters::db::{Db, DbError, LockGuard, StaleSummary, SweepTable, Targ
 use crate::adapters::logfile::{self, ScanStats};
 use crate::adapters::queue::{JobRequest, QueueClient, QueueError};
 use crate::adapters::tail::Tailer;
-use crate::config::{Config, EvidenceKind, SweepConfig};
+use crate::config::{Config, EvidenceKind, QueueKind, SweepConfig};
 use crate::core::decide::{plan, Brakes, RowContext};
 use crate::core::evidence::{KeyFilter, TraceStore};
 use crate::core::model::{
-    Action, Decision, LedgerEntry, Outcome, RowState, SourceVerdict, Stage, StuckRow, Timestamp,
-    Verdict,
+    Action, Decision, LedgerEntry, Outcome, Presence, RowState, SourceVerdict, Stage, StuckRow,
+    Timestamp, Verdict,
 };
 use crate::core::report::{
     Outcomes, PassError, PerState, Report, RowReport, SweepReport, Totals, SCHEMA_VERSION,
@@ -379,7 +379,7 @@ async fn try_collect(
         .map_err(at(Stage::Fetch))?;
     let table = db.sweep_table(sweep).await.map_err(at(Stage::Fetch))?;
     if !opts.dry_run {
-        match db.try_lock(&sweep.name).await.map_err(at(Stage::Lock))? {
+        match db.try_lock(&table).await.map_err(at(Stage::Lock))? {
             Some(l) => *lock_out = Some(l),
             None => {
                 report.skipped = Some("another sweeper instance holds this sweep's lock".into());
@@ -695,22 +695,28 @@ async fn settle(
                 .or_default() += 1;
         }
     }
+    let (presence, workers_alive) = queue_checks(cfg, conns, sweep, &ready.rows, &mut report).await;
     let brakes = Brakes {
         stale_rows: ready.stale.pending.count + ready.stale.sending.count,
-        workers_alive: None,
+        workers_alive,
     };
     let decisions = plan(
         &sweep.rules,
-        ready.rows.iter().zip(&evidence).map(|(r, ev)| {
-            (
-                r,
-                RowContext {
-                    ledger: ready.ledger.get(&r.key),
-                    evidence: ev,
-                    presence: None,
-                },
-            )
-        }),
+        ready
+            .rows
+            .iter()
+            .zip(&evidence)
+            .enumerate()
+            .map(|(i, (r, ev))| {
+                (
+                    r,
+                    RowContext {
+                        ledger: ready.ledger.get(&r.key),
+                        evidence: ev,
+                        presence: presence.as_ref().map(|p| p[i]),
+                    },
+                )
+            }),
         brakes,
         now,
     );
@@ -781,6 +787,81 @@ async fn settle(
             .collect(),
     };
     (report, detail)
+}
+
+/// Presence of each row's job (when the queue has `presence_check`) and
+/// whether the queue has live workers (when it has `require_workers`).
+/// Reads only; runs in dry runs too, so reports show holds.
+async fn queue_checks(
+    cfg: &Config,
+    conns: &mut Connections,
+    sweep: &SweepConfig,
+    rows: &[StuckRow],
+    report: &mut SweepReport,
+) -> (Option<Vec<Presence>>, Option<bool>) {
+    let Some(job) = &sweep.job else {
+        return (None, None);
+    };
+    let Some(qcfg) = cfg.queues.get(&job.queue_ref) else {
+        return (None, None);
+    };
+    let (presence_cfg, require_workers) = match &qcfg.kind {
+        QueueKind::Resque(r) => (r.presence.clone(), r.require_workers),
+        QueueKind::Sidekiq(s) => (s.presence.clone(), s.require_workers),
+        QueueKind::Jsonl { .. } | QueueKind::Amqp(_) | QueueKind::Http(_) => (None, false),
+    };
+    if rows.is_empty() || (presence_cfg.is_none() && !require_workers) {
+        return (None, None);
+    }
+    let client = match conns.queue(cfg, &job.queue_ref).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.errors.push(PassError {
+                stage: Stage::Presence,
+                message: e.to_string(),
+            });
+            conns.drop_queue(&job.queue_ref);
+            let unknown = presence_cfg.map(|_| vec![Presence::Unknown; rows.len()]);
+            return (unknown, None);
+        }
+    };
+    let mut presence = None;
+    if let Some(p) = presence_cfg {
+        presence = Some(match client.presence(&job.queue, p.max_entries).await {
+            Ok(Some(idx)) => {
+                if idx.truncated {
+                    tracing::warn!(
+                        sweep = %sweep.name,
+                        queue = %job.queue,
+                        max_entries = p.max_entries,
+                        "presence check stopped at max_entries; jobs beyond it count as absent"
+                    );
+                }
+                rows.iter()
+                    .map(|r| idx.lookup(&job.class, &r.args))
+                    .collect()
+            }
+            Ok(None) => vec![Presence::Absent; rows.len()],
+            Err(e) => {
+                report.errors.push(PassError {
+                    stage: Stage::Presence,
+                    message: e.to_string(),
+                });
+                vec![Presence::Unknown; rows.len()]
+            }
+        });
+    }
+    let mut alive = None;
+    if require_workers {
+        match client.workers_alive(&job.queue).await {
+            Ok(a) => alive = a,
+            Err(e) => report.errors.push(PassError {
+                stage: Stage::Presence,
+                message: e.to_string(),
+            }),
+        }
+    }
+    (presence, alive)
 }
 
 fn summary(ev: &[SourceVerdict]) -> String {
@@ -1002,40 +1083,55 @@ async fn apply(
             Ok(q) => q.push(&jobs, ready.now).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = pushed {
-            conns.drop_queue(&job.queue_ref);
-            for i in &go {
-                outcomes[*i] = Outcome::Failed {
-                    stage: Stage::Enqueue,
-                    error: e.to_string(),
-                };
+        let results = match pushed {
+            Ok(r) => r,
+            Err(e) => {
+                conns.drop_queue(&job.queue_ref);
+                for i in &go {
+                    outcomes[*i] = Outcome::Failed {
+                        stage: Stage::Enqueue,
+                        error: e.to_string(),
+                    };
+                }
+                note(&mut errors, Stage::Enqueue, e.to_string());
+                continue;
             }
-            note(&mut errors, Stage::Enqueue, e.to_string());
+        };
+        // At-least-once: a job counts once the queue accepted it; then the
+        // ledger records it. If the ledger write fails the row may be
+        // requeued again next pass. Report it.
+        let mut entries: Vec<(&str, &str, u32)> = Vec::with_capacity(go.len());
+        for (i, r) in go.iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    outcomes[*i] = Outcome::Applied;
+                    audit(
+                        sweep,
+                        &ready.rows[*i],
+                        &decisions[*i],
+                        "queue",
+                        &evidence[*i],
+                    );
+                    let row = &ready.rows[*i];
+                    entries.push((
+                        row.key.as_str(),
+                        row.version.as_str(),
+                        decisions[*i].attempt.unwrap_or(1),
+                    ));
+                }
+                Err(msg) => {
+                    let msg = format!("queue {}: {msg}", job.queue_ref);
+                    note(&mut errors, Stage::Enqueue, msg.clone());
+                    outcomes[*i] = Outcome::Failed {
+                        stage: Stage::Enqueue,
+                        error: msg,
+                    };
+                }
+            }
+        }
+        if entries.is_empty() {
             continue;
         }
-        for i in &go {
-            outcomes[*i] = Outcome::Applied;
-            audit(
-                sweep,
-                &ready.rows[*i],
-                &decisions[*i],
-                "queue",
-                &evidence[*i],
-            );
-        }
-        // At-least-once: the push happened; if the ledger write fails the
-        // row may be requeued again next pass. Report it.
-        let entries: Vec<(&str, &str, u32)> = go
-            .iter()
-            .map(|i| {
-                let r = &ready.rows[*i];
-                (
-                    r.key.as_str(),
-                    r.version.as_str(),
-                    decisions[*i].attempt.unwrap_or(1),
-                )
-            })
-            .collect();
         if let Err(e) = ready.db.ledger_put(&sweep.name, &entries, ready.now).await {
             note(&mut errors, Stage::Ledger, e.to_string());
         }

@@ -111,25 +111,28 @@ fn daemon_config(base: &Path, port: u16, every: &str, extra_sweep: &str) -> Stri
     )
 }
 
-fn spawn(cfg: &Path, initial_delay: &str) -> Child {
-    sweeper()
-        .args([
-            "run",
-            "-c",
-            cfg.to_str().unwrap(),
-            "--initial-delay",
-            initial_delay,
-        ])
-        .env("RUST_LOG", "sweeper=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sweeper run starts")
+/// A running daemon; its stderr goes to a file (a pipe nobody reads would
+/// fill up with audit lines and block it).
+struct Daemon {
+    child: Child,
+    log: tempfile::NamedTempFile,
 }
 
-fn signal(child: &Child, sig: &str) {
+fn spawn(cfg: &Path, initial_delay: &str) -> Daemon {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = sweeper()
+        .args(["run", "-c", cfg.to_str().unwrap(), "--initial-delay", initial_delay])
+        .env("RUST_LOG", "sweeper=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log.reopen().unwrap()))
+        .spawn()
+        .expect("sweeper run starts");
+    Daemon { child, log }
+}
+
+fn signal(d: &Daemon, sig: &str) {
     let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
+        .args([&format!("-{sig}"), &d.child.id().to_string()])
         .status()
         .unwrap()
         .success();
@@ -137,29 +140,18 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// Wait for exit; returns (code, seconds it took, stderr).
-fn wait_exit(mut child: Child, timeout: Duration) -> (Option<i32>, f64, String) {
+fn wait_exit(mut d: Daemon, timeout: Duration) -> (Option<i32>, f64, String) {
     let start = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
+        if let Some(status) = d.child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(d.log.path()).unwrap_or_default();
             return (status.code(), start.elapsed().as_secs_f64(), err);
         }
         if start.elapsed() > timeout {
-            let _ = child.kill();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("sweeper run did not exit within {timeout:?}:\n{err}");
+            let _ = d.child.kill();
+            let err = std::fs::read_to_string(d.log.path()).unwrap_or_default();
+            let tail: String = err.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+            panic!("sweeper run did not exit within {timeout:?}; last log lines (newest first):\n{tail}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

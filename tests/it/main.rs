@@ -6,5 +6,6 @@ mod config_errors;
 mod daemon;
 mod evidence_fixtures;
 mod ops;
+mod queues;
 mod sql_sweeps;
 mod support;

@@ -595,3 +595,45 @@ async fn explain_shows_evidence_lines_and_the_decision() {
     assert_eq!(keys_with(s, "mark_error"), ["6"]);
     b.cleanup().await;
 }
+
+/// HA: only one instance acts on a sweep at a time (Postgres advisory
+/// lock per sweep and table); a second instance skips it.
+#[tokio::test]
+async fn a_second_instance_skips_a_locked_sweep() {
+    use sweeper::adapters::db::Db;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let cfg_path = config(&b, dir.path(), &unique("ha"), 5);
+    let cfg = sweeper::config::load(&cfg_path).unwrap();
+    let sweep = cfg.sweep("notifications").unwrap();
+    let db = Db::connect(&cfg.databases["app"]).await.unwrap();
+    let table = db.sweep_table(sweep).await.unwrap();
+    let held = db
+        .try_lock(&table)
+        .await
+        .unwrap()
+        .expect("first instance takes the lock");
+    assert!(
+        db.try_lock(&table).await.unwrap().is_none(),
+        "second instance does not"
+    );
+    let o = run(&["once", "-c", cfg_path.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = sweep_json(&v, "notifications");
+    assert_eq!(
+        s["skipped"],
+        "another sweeper instance holds this sweep's lock"
+    );
+    assert_eq!(
+        b.state(5).await,
+        "sending",
+        "the skipped instance changed nothing"
+    );
+    held.release().await;
+    let again = db.try_lock(&table).await.unwrap();
+    assert!(again.is_some(), "released");
+    again.unwrap().release().await;
+    db.close().await;
+    b.cleanup().await;
+}

@@ -217,3 +217,75 @@ pub fn keys_with(sweep: &serde_json::Value, decision: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Start a node-resque worker in the background; `extra` adds arguments
+/// (e.g. `--work-ms`). Its output file is returned with the child.
+pub fn resque_spawn(
+    namespace: &str,
+    queue: &str,
+    classes: &[&str],
+    extra: &[&str],
+) -> (std::process::Child, tempfile::NamedTempFile) {
+    let dir = consumers_dir();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new("node")
+        .arg("resque_worker.js")
+        .args([
+            "--redis-url",
+            &redis_url(),
+            "--namespace",
+            namespace,
+            "--queues",
+            queue,
+        ])
+        .args([
+            "--classes",
+            &classes.join(","),
+            "--out",
+            &out.path().display().to_string(),
+        ])
+        .args(["--poll-ms", "100", "--timeout-ms", "30000"])
+        .args(extra)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    (child, out)
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Poll `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+pub fn reasons(sweep: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    sweep["reasons"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,18 +1,24 @@
 //! Queue adapters: push a job into the app's own queue in that queue's wire
-//! format, check connectivity.
+//! format; look whether a job is still queued or running (presence); look
+//! whether a queue has live workers.
 //!
 //! Owns: wire formats and the I/O of pushing. Does not own: deciding what to
 //! push or when (core::decide), or bookkeeping (the ledger).
 //!
-//! A push is all-or-nothing per batch from the caller's point of view: an
-//! error means none of the batch may be counted as requeued.
+//! `push` returns `Err` when the whole batch failed (connection lost: none
+//! of it may count as requeued) and otherwise one result per job (HTTP and
+//! AMQP accept or refuse jobs one by one).
 
+pub mod amqp;
+pub mod http;
 pub mod jsonl;
+pub mod presence;
 pub mod resque;
 pub mod sidekiq;
 
 use crate::config::{QueueConfig, QueueKind};
 use crate::core::model::Timestamp;
+use crate::core::template::JobFields;
 use std::time::Duration;
 
 /// One job to push.
@@ -27,10 +33,23 @@ pub struct JobRequest<'a> {
     pub args: &'a [serde_json::Value],
 }
 
-impl JobRequest<'_> {
+impl<'a> JobRequest<'a> {
     /// Deterministic per row and attempt: `sweep:key:attempt`.
     pub fn idempotency_key(&self) -> String {
         format!("{}:{}:{}", self.sweep, self.row_key, self.attempt)
+    }
+
+    /// The job as template fields.
+    pub fn fields<'b>(&'b self, idempotency_key: &'b str) -> JobFields<'b> {
+        JobFields {
+            class: self.class,
+            queue: self.queue,
+            args: self.args,
+            sweep: self.sweep,
+            key: self.row_key,
+            attempt: self.attempt,
+            idempotency_key,
+        }
     }
 }
 
@@ -54,6 +73,12 @@ pub enum QueueError {
         context: String,
         source: std::io::Error,
     },
+    #[error("queue {queue}: {context}: {message}")]
+    Other {
+        queue: String,
+        context: String,
+        message: String,
+    },
 }
 
 /// A connected queue.
@@ -61,6 +86,8 @@ pub enum QueueClient {
     Resque(resque::Resque),
     Sidekiq(sidekiq::Sidekiq),
     Jsonl(jsonl::JsonlSink),
+    Amqp(Box<amqp::Amqp>),
+    Http(http::HttpQueue),
 }
 
 pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,6 +111,11 @@ pub(crate) async fn redis_connect(
         .map_err(err)
 }
 
+/// Every job of the batch gets the same result.
+fn all_ok(n: usize) -> Vec<Result<(), String>> {
+    vec![Ok(()); n]
+}
+
 impl QueueClient {
     pub async fn connect(cfg: &QueueConfig) -> Result<QueueClient, QueueError> {
         Ok(match &cfg.kind {
@@ -94,9 +126,10 @@ impl QueueClient {
                 QueueClient::Sidekiq(sidekiq::Sidekiq::connect(&cfg.name, s).await?)
             }
             QueueKind::Jsonl { path } => QueueClient::Jsonl(jsonl::JsonlSink::new(&cfg.name, path)),
-            QueueKind::Amqp(_) | QueueKind::Http(_) => {
-                unreachable!("validation rejects queue kinds this build cannot push to")
+            QueueKind::Amqp(a) => {
+                QueueClient::Amqp(Box::new(amqp::Amqp::connect(&cfg.name, a).await?))
             }
+            QueueKind::Http(h) => QueueClient::Http(http::HttpQueue::new(&cfg.name, h)?),
         })
     }
 
@@ -105,14 +138,16 @@ impl QueueClient {
         &mut self,
         jobs: &[JobRequest<'_>],
         now: Timestamp,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Vec<Result<(), String>>, QueueError> {
         if jobs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         match self {
-            QueueClient::Resque(q) => q.push(jobs).await,
-            QueueClient::Sidekiq(q) => q.push(jobs, now).await,
-            QueueClient::Jsonl(q) => q.push(jobs, now).await,
+            QueueClient::Resque(q) => q.push(jobs).await.map(|()| all_ok(jobs.len())),
+            QueueClient::Sidekiq(q) => q.push(jobs, now).await.map(|()| all_ok(jobs.len())),
+            QueueClient::Jsonl(q) => q.push(jobs, now).await.map(|()| all_ok(jobs.len())),
+            QueueClient::Amqp(q) => q.push(jobs, now).await,
+            QueueClient::Http(q) => q.push(jobs).await,
         }
     }
 
@@ -122,6 +157,33 @@ impl QueueClient {
             QueueClient::Resque(q) => q.ping().await,
             QueueClient::Sidekiq(q) => q.ping().await,
             QueueClient::Jsonl(q) => q.ping(),
+            QueueClient::Amqp(q) => q.ping(),
+            QueueClient::Http(q) => q.ping(),
+        }
+    }
+
+    /// Jobs of `class` waiting in `queue` or running, looking at no more
+    /// than `max_entries` entries. `None` for queues that cannot be looked
+    /// into (jsonl, amqp, http).
+    pub async fn presence(
+        &mut self,
+        queue: &str,
+        max_entries: u64,
+    ) -> Result<Option<presence::PresenceIndex>, QueueError> {
+        match self {
+            QueueClient::Resque(q) => q.presence(queue, max_entries).await.map(Some),
+            QueueClient::Sidekiq(q) => q.presence(queue, max_entries).await.map(Some),
+            QueueClient::Jsonl(_) | QueueClient::Amqp(_) | QueueClient::Http(_) => Ok(None),
+        }
+    }
+
+    /// Whether some live worker serves `queue`. `None` when the queue kind
+    /// has no worker registry.
+    pub async fn workers_alive(&mut self, queue: &str) -> Result<Option<bool>, QueueError> {
+        match self {
+            QueueClient::Resque(q) => q.workers_alive(queue).await.map(Some),
+            QueueClient::Sidekiq(q) => q.workers_alive(queue).await.map(Some),
+            QueueClient::Jsonl(_) | QueueClient::Amqp(_) | QueueClient::Http(_) => Ok(None),
         }
     }
 }

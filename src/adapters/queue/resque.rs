@@ -3,6 +3,7 @@
 //! payload from `Job.create`: class first, no other fields), pipelined per
 //! batch. node-resque reads the same layout.
 
+use super::presence::PresenceIndex;
 use super::{redis_connect, JobRequest, QueueError};
 use crate::config::ResqueConfig;
 
@@ -51,6 +52,126 @@ impl Resque {
                 context: format!("pushing {} job(s)", jobs.len()),
                 source,
             })
+    }
+
+    fn err(&self, context: &str) -> impl FnOnce(redis::RedisError) -> QueueError + '_ {
+        let context = context.to_string();
+        move |source| QueueError::Redis {
+            queue: self.name.clone(),
+            context,
+            source,
+        }
+    }
+
+    /// Jobs waiting in `queue` (first `max_entries`) and jobs workers are
+    /// running (`<ns>:worker:<id>` = `{"queue","run_at","payload"}`, written
+    /// by Ruby Resque and node-resque alike).
+    pub async fn presence(
+        &mut self,
+        queue: &str,
+        max_entries: u64,
+    ) -> Result<PresenceIndex, QueueError> {
+        let key = self.key(&format!("queue:{queue}"));
+        let len: u64 = redis::cmd("LLEN")
+            .arg(&key)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("measuring the queue"))?;
+        let take = len.min(max_entries);
+        let mut idx = PresenceIndex::default();
+        if take > 0 {
+            let entries: Vec<String> = redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(take as i64 - 1)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.err("reading the queue"))?;
+            for e in &entries {
+                idx.add_text(e, false);
+            }
+        }
+        let mut workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("workers"))
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("listing workers"))?;
+        let budget = (max_entries - take) as usize;
+        idx.truncated = len > max_entries || workers.len() > budget;
+        workers.truncate(budget);
+        if !workers.is_empty() {
+            let mut pipe = redis::pipe();
+            for w in &workers {
+                pipe.get(self.key(&format!("worker:{w}")));
+            }
+            let working: Vec<Option<String>> = pipe
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.err("reading what workers run"))?;
+            for w in working.into_iter().flatten() {
+                match serde_json::from_str::<serde_json::Value>(&w) {
+                    Ok(v) => {
+                        idx.add_payload(v.get("payload").unwrap_or(&serde_json::Value::Null), true)
+                    }
+                    Err(_) => idx.scanned += 1,
+                }
+            }
+        }
+        Ok(idx)
+    }
+
+    /// Whether a live worker serves `queue`: a registered worker (`<ns>:workers`,
+    /// id `host:pid:queues`) listening to it or `*`, with a fresh heartbeat —
+    /// Ruby Resque's `<ns>:workers:heartbeat` hash (ISO 8601) or node-resque's
+    /// `<ns>:worker:ping:host:pid` (`{"time": unix seconds}`) — judged by
+    /// Redis's own clock.
+    pub async fn workers_alive(&mut self, queue: &str) -> Result<bool, QueueError> {
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("workers"))
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("listing workers"))?;
+        let serving: Vec<(&str, String)> = workers
+            .iter()
+            .filter_map(|w| {
+                let mut parts = w.rsplitn(3, ':');
+                let queues = parts.next()?;
+                let pid = parts.next()?;
+                let host = parts.next()?;
+                let serves = queues.split(',').any(|q| q == queue || q == "*");
+                serves.then(|| (w.as_str(), format!("{host}:{pid}")))
+            })
+            .collect();
+        if serving.is_empty() {
+            return Ok(false);
+        }
+        let (secs, _micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("reading the Redis clock"))?;
+        let now = secs as f64;
+        let limit = self.cfg.heartbeat_timeout.as_secs_f64();
+        let mut pipe = redis::pipe();
+        for (id, name) in &serving {
+            pipe.hget(self.key("workers:heartbeat"), *id);
+            pipe.get(self.key(&format!("worker:ping:{name}")));
+        }
+        let beats: Vec<Option<String>> = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("reading worker heartbeats"))?;
+        let fresh = |t: f64| now - t <= limit;
+        Ok(beats.chunks(2).any(|pair| {
+            let ruby = pair[0]
+                .as_deref()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok())
+                .map(|t| t.timestamp() as f64);
+            let node = pair[1]
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                .and_then(|v| v.get("time").and_then(serde_json::Value::as_f64));
+            ruby.is_some_and(fresh) || node.is_some_and(fresh)
+        }))
     }
 
     pub async fn ping(&mut self) -> Result<String, QueueError> {

@@ -6,6 +6,7 @@
 //! follow. An optional namespace prefixes every key (`ns:queue:<q>`), as the
 //! redis-namespace gem does.
 
+use super::presence::PresenceIndex;
 use super::{redis_connect, JobRequest, QueueError};
 use crate::config::SidekiqConfig;
 use crate::core::model::Timestamp;
@@ -77,6 +78,128 @@ impl Sidekiq {
                 context: format!("pushing {} job(s)", jobs.len()),
                 source,
             })
+    }
+
+    fn err(&self, context: &str) -> impl FnOnce(redis::RedisError) -> QueueError + '_ {
+        let context = context.to_string();
+        move |source| QueueError::Redis {
+            queue: self.name.clone(),
+            context,
+            source,
+        }
+    }
+
+    /// Jobs waiting in `queue`, the `schedule` and `retry` sets, and jobs
+    /// busy workers run (`<identity>:workers` in Sidekiq 6, `<identity>:work`
+    /// in 7+: field = thread, value = `{"queue","payload":"<job JSON>","run_at"}`),
+    /// looking at no more than `max_entries` entries in all.
+    pub async fn presence(
+        &mut self,
+        queue: &str,
+        max_entries: u64,
+    ) -> Result<PresenceIndex, QueueError> {
+        let mut idx = PresenceIndex::default();
+        let mut budget = max_entries;
+        let sources = [
+            (self.key(&format!("queue:{queue}")), "LLEN", "LRANGE"),
+            (self.key("schedule"), "ZCARD", "ZRANGE"),
+            (self.key("retry"), "ZCARD", "ZRANGE"),
+        ];
+        for (key, len_cmd, range_cmd) in sources {
+            let len: u64 = redis::cmd(len_cmd)
+                .arg(&key)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.err("measuring the queue"))?;
+            let take = len.min(budget);
+            idx.truncated |= len > take;
+            if take > 0 {
+                let entries: Vec<String> = redis::cmd(range_cmd)
+                    .arg(&key)
+                    .arg(0)
+                    .arg(take as i64 - 1)
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(self.err("reading the queue"))?;
+                for e in &entries {
+                    idx.add_text(e, false);
+                }
+            }
+            budget -= take;
+        }
+        let processes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("processes"))
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("listing processes"))?;
+        if !processes.is_empty() {
+            let mut pipe = redis::pipe();
+            for p in &processes {
+                pipe.hvals(self.key(&format!("{p}:workers")));
+                pipe.hvals(self.key(&format!("{p}:work")));
+            }
+            let work: Vec<Vec<String>> = pipe
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.err("reading busy workers"))?;
+            for entry in work.into_iter().flatten() {
+                if budget == 0 {
+                    idx.truncated = true;
+                    break;
+                }
+                budget -= 1;
+                let Ok(v) = serde_json::from_str::<Value>(&entry) else {
+                    idx.scanned += 1;
+                    continue;
+                };
+                match v.get("payload") {
+                    Some(Value::String(s)) => idx.add_text(s, true),
+                    Some(p) => idx.add_payload(p, true),
+                    None => idx.scanned += 1,
+                }
+            }
+        }
+        Ok(idx)
+    }
+
+    /// Whether a live Sidekiq process serves `queue`: a member of `processes`
+    /// whose `<identity>` hash still exists (Sidekiq refreshes it every 5 s
+    /// with a 60 s TTL), beat within 60 s of Redis's clock, and `queue` in
+    /// its `info.queues`.
+    pub async fn workers_alive(&mut self, queue: &str) -> Result<bool, QueueError> {
+        let processes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("processes"))
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("listing processes"))?;
+        if processes.is_empty() {
+            return Ok(false);
+        }
+        let (secs, _micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("reading the Redis clock"))?;
+        let mut pipe = redis::pipe();
+        for p in &processes {
+            pipe.cmd("HMGET").arg(self.key(p)).arg("beat").arg("info");
+        }
+        let rows: Vec<(Option<String>, Option<String>)> = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("reading process heartbeats"))?;
+        Ok(rows.iter().any(|(beat, info)| {
+            let fresh = beat
+                .as_deref()
+                .and_then(|b| b.parse::<f64>().ok())
+                .is_some_and(|b| secs as f64 - b <= 60.0);
+            let serves = info
+                .as_deref()
+                .and_then(|i| serde_json::from_str::<Value>(i).ok())
+                .and_then(|i| i.get("queues").cloned())
+                .and_then(|q| q.as_array().cloned())
+                .is_some_and(|qs| qs.iter().any(|q| q.as_str() == Some(queue)));
+            fresh && serves
+        }))
     }
 
     pub async fn ping(&mut self) -> Result<String, QueueError> {

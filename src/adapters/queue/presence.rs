@@ -1,0 +1,151 @@
+//! Presence: is a row's job still waiting in its queue, or being run?
+//!
+//! Owns: the index of job identities (class + arguments, compared as JSON
+//! values, not bytes: node-resque re-encodes payloads, turning `[]` into
+//! `{}`, and Ruby may write `1.0` for `1`) built from one bounded scan per
+//! pass. Does not own: the Redis reads (resque.rs, sidekiq.rs).
+
+use crate::core::model::Presence;
+use serde_json::Value;
+use std::collections::HashSet;
+
+/// Job identities seen in a bounded scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PresenceIndex {
+    queued: HashSet<String>,
+    running: HashSet<String>,
+    /// Entries looked at.
+    pub scanned: u64,
+    /// The scan stopped at `max_entries`: not found may still be there.
+    pub truncated: bool,
+}
+
+/// A canonical text of a JSON value: object keys sorted, integral floats
+/// as integers, an empty object equal to an empty array.
+pub fn canonical(v: &Value) -> String {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f)
+                if f.fract() == 0.0
+                    && f.abs() < 9.0e15
+                    && n.as_i64().is_none()
+                    && n.as_u64().is_none() =>
+            {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        },
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        Value::Object(o) if o.is_empty() => "[]".to_string(),
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{}:{}", Value::from(k.as_str()), canonical(&o[*k])))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The identity of a job: class and arguments.
+pub fn job_key(class: &str, args: &Value) -> String {
+    format!("{class}\u{0}{}", canonical(args))
+}
+
+impl PresenceIndex {
+    /// Record a payload (`{"class": …, "args": […], …}`); other JSON is ignored.
+    pub fn add_payload(&mut self, payload: &Value, running: bool) {
+        self.scanned += 1;
+        let (Some(class), Some(args)) = (
+            payload.get("class").and_then(Value::as_str),
+            payload.get("args"),
+        ) else {
+            return;
+        };
+        let key = job_key(class, args);
+        if running {
+            self.running.insert(key);
+        } else {
+            self.queued.insert(key);
+        }
+    }
+
+    /// Record a payload given as JSON text.
+    pub fn add_text(&mut self, text: &str, running: bool) {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => self.add_payload(&v, running),
+            Err(_) => self.scanned += 1,
+        }
+    }
+
+    pub fn lookup(&self, class: &str, args: &[Value]) -> Presence {
+        let key = job_key(class, &Value::from(args.to_vec()));
+        if self.running.contains(&key) {
+            Presence::Running
+        } else if self.queued.contains(&key) {
+            Presence::Queued
+        } else {
+            Presence::Absent
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn identities_compare_as_values() {
+        let table = [
+            (json!([1, "a", null]), json!([1.0, "a", null]), true),
+            (json!([]), json!({}), true),
+            (json!([{"b": 1, "a": 2}]), json!([{"a": 2, "b": 1}]), true),
+            (json!([1]), json!(["1"]), false),
+            (json!([1, 2]), json!([2, 1]), false),
+            (json!([1.5]), json!([1.5]), true),
+        ];
+        for (a, b, same) in table {
+            assert_eq!(job_key("C", &a) == job_key("C", &b), same, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn finds_queued_and_running_jobs() {
+        let mut idx = PresenceIndex::default();
+        idx.add_text(r#"{"class":"NotifyUser","args":[12,2]}"#, false);
+        idx.add_text(
+            r#"{"retry":true,"queue":"q","class":"NotifyUser","args":[13,3],"jid":"x"}"#,
+            false,
+        );
+        idx.add_payload(&json!({"class": "NotifyUser", "args": [14, 4]}), true);
+        idx.add_text("not json", false);
+        assert_eq!(
+            idx.lookup("NotifyUser", &[json!(12), json!(2)]),
+            Presence::Queued
+        );
+        assert_eq!(
+            idx.lookup("NotifyUser", &[json!(13), json!(3)]),
+            Presence::Queued
+        );
+        assert_eq!(
+            idx.lookup("NotifyUser", &[json!(14), json!(4)]),
+            Presence::Running
+        );
+        assert_eq!(
+            idx.lookup("NotifyUser", &[json!(15), json!(5)]),
+            Presence::Absent
+        );
+        assert_eq!(
+            idx.lookup("Other", &[json!(12), json!(2)]),
+            Presence::Absent
+        );
+        assert_eq!(idx.scanned, 4);
+    }
+}
