@@ -220,7 +220,7 @@ fn the_annotated_example_config_is_valid() {
     let cfg = sweeper::config::load_str(&text, "config/example.yaml", &env)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.sweeps.len(), 2);
-    assert_eq!(cfg.queues.len(), 3);
+    assert_eq!(cfg.queues.len(), 5);
     assert_eq!(cfg.evidence.len(), 4);
     let receipts = cfg.sweep("receipts").unwrap();
     assert_eq!(receipts.states.sent, sweeper::config::StateValue::Int(2));
