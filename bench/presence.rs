@@ -25,10 +25,15 @@ fn arg(name: &str, default: &str) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let redis_url = arg("--redis", "redis://127.0.0.1:6379/0");
-    let jobs: u64 = arg("--jobs", "100000").parse().expect("--jobs takes a number");
+    let jobs: u64 = arg("--jobs", "100000")
+        .parse()
+        .expect("--jobs takes a number");
     let ns = format!("bench_presence_{}", std::process::id());
     let client = redis::Client::open(redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.expect("Redis is required");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is required");
 
     let resque = QueueConfig {
         name: "resque".into(),
@@ -51,8 +56,15 @@ async fn main() {
             require_workers: false,
         }),
     };
-    for (label, cfg, key) in [("resque", &resque, format!("{ns}:queue:notify")), ("sidekiq", &sidekiq, format!("{ns}:queue:notify"))] {
-        let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+    for (label, cfg, key) in [
+        ("resque", &resque, format!("{ns}:queue:notify")),
+        ("sidekiq", &sidekiq, format!("{ns}:queue:notify")),
+    ] {
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         let mut q = QueueClient::connect(cfg).await.unwrap();
         // Fill in chunks of 10k jobs through the real push path.
         let args: Vec<Vec<serde_json::Value>> = (0..jobs)
@@ -74,13 +86,23 @@ async fn main() {
                 .collect();
             q.push(&reqs, now).await.unwrap();
         }
-        let len: u64 = redis::cmd("LLEN").arg(&key).query_async(&mut conn).await.unwrap();
+        let len: u64 = redis::cmd("LLEN")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(len, jobs);
 
         let mut raw = 0.0;
         for _ in 0..5 {
             let t = Instant::now();
-            let v: Vec<String> = redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+            let v: Vec<String> = redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
             assert_eq!(v.len() as u64, jobs);
             let e = t.elapsed().as_secs_f64();
             raw = if raw == 0.0 { e } else { f64::min(raw, e) };
@@ -95,9 +117,18 @@ async fn main() {
             // Every pushed job is found; one never pushed is not.
             found = (0..jobs)
                 .step_by((jobs / 100).max(1) as usize)
-                .filter(|i| idx.lookup("NotifyUser", &args[*i as usize]) != sweeper::core::model::Presence::Absent)
+                .filter(|i| {
+                    idx.lookup("NotifyUser", &args[*i as usize])
+                        != sweeper::core::model::Presence::Absent
+                })
                 .count();
-            assert_eq!(idx.lookup("NotifyUser", &[serde_json::json!(-1), serde_json::json!(-1)]), sweeper::core::model::Presence::Absent);
+            assert_eq!(
+                idx.lookup(
+                    "NotifyUser",
+                    &[serde_json::json!(-1), serde_json::json!(-1)]
+                ),
+                sweeper::core::model::Presence::Absent
+            );
             let t = Instant::now();
             let small = q.presence("notify", jobs / 10).await.unwrap().unwrap();
             tenth = tenth.min(t.elapsed().as_secs_f64());
@@ -112,6 +143,11 @@ async fn main() {
             jobs / 10,
             tenth * 1e3
         );
-        let _: () = redis::cmd("DEL").arg(&key).arg(format!("{ns}:queues")).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .arg(format!("{ns}:queues"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 }

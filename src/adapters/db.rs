@@ -287,8 +287,8 @@ impl Db {
         for c in sweep.job.iter().flat_map(|j| j.args.iter()) {
             type_of(c)?;
         }
-        for e in &sweep.evidence {
-            type_of(&e.column)?;
+        for c in &sweep.lookup_columns {
+            type_of(c)?;
         }
         let ts_kind = match self.dialect {
             Dialect::Sqlite => TsKind::SqliteAny,
@@ -337,7 +337,7 @@ impl Db {
                 .iter()
                 .flat_map(|j| j.args.iter().map(Ident::quoted))
                 .collect(),
-            lookups: sweep.evidence.iter().map(|e| e.column.quoted()).collect(),
+            lookups: sweep.lookup_columns.iter().map(Ident::quoted).collect(),
             pending: sweep.states.pending.clone(),
             sending: sweep.states.sending.clone(),
             error: sweep.states.error.clone(),

@@ -3,5 +3,6 @@
 
 pub mod db;
 pub mod logfile;
+pub mod provider;
 pub mod queue;
 pub mod tail;

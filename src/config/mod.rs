@@ -196,12 +196,80 @@ pub struct EvidenceConfig {
 #[derive(Clone, Debug)]
 pub enum EvidenceKind {
     Log(LogSourceConfig),
+    Provider(ProviderConfig),
 }
 
 impl EvidenceKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             EvidenceKind::Log(_) => "log",
+            EvidenceKind::Provider(p) => p.api.as_str(),
+        }
+    }
+
+    /// How long before the row's timestamp evidence still counts.
+    pub fn slack(&self) -> Duration {
+        match self {
+            EvidenceKind::Log(l) => l.slack,
+            EvidenceKind::Provider(p) => p.slack,
+        }
+    }
+}
+
+/// An email provider's event API (or a generic JSON status API).
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    pub api: ProviderApi,
+    pub base_url: String,
+    /// Requests per second, at most.
+    pub rate_limit: f64,
+    /// Requests in flight, at most.
+    pub concurrency: u32,
+    pub timeout: Duration,
+    /// Retries of a request after a 5xx, 429, timeout or connection error.
+    pub retries: u32,
+    /// How long the provider keeps events (`None`: unknown).
+    pub retention: Option<Duration>,
+    /// Events may take this long to show up: absence means nothing before.
+    pub visibility_lag: Duration,
+    pub slack: Duration,
+    /// Mailgun: with more stuck rows than this, scan one time range and
+    /// match locally instead of one query per row.
+    pub time_range_above: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum ProviderApi {
+    Mailgun {
+        domain: String,
+        api_key: String,
+    },
+    Sendgrid {
+        api_key: String,
+    },
+    Postmark {
+        token: String,
+    },
+    /// `GET url` (template: `{key}` and `{column}`s of the row).
+    Http {
+        url: String,
+        headers: BTreeMap<String, String>,
+        status: String,
+        events: Option<String>,
+        recipient: Option<String>,
+        statuses: crate::core::evidence::custom::StatusMap,
+        /// Row columns the URL template uses (besides `{key}`).
+        columns: Vec<Ident>,
+    },
+}
+
+impl ProviderApi {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderApi::Mailgun { .. } => "mailgun",
+            ProviderApi::Sendgrid { .. } => "sendgrid",
+            ProviderApi::Postmark { .. } => "postmark",
+            ProviderApi::Http { .. } => "http",
         }
     }
 }
@@ -357,6 +425,12 @@ pub struct EvidenceRef {
     pub source: String,
     /// Column holding the lookup key (e.g. the Message-ID).
     pub column: Ident,
+    /// Index of `column` in the sweep's `lookup_columns` (and in
+    /// `StuckRow::lookups`).
+    pub lookup: usize,
+    /// Other row columns the source needs (an http URL template's
+    /// `{column}`s): (name, index in `lookup_columns`).
+    pub extra: Vec<(String, usize)>,
 }
 
 #[derive(Clone, Debug)]
@@ -372,6 +446,8 @@ pub struct SweepConfig {
     pub rules: Rules,
     pub job: Option<JobConfig>,
     pub evidence: Vec<EvidenceRef>,
+    /// Columns read as text for evidence lookups, without duplicates.
+    pub lookup_columns: Vec<Ident>,
 }
 
 /// One problem in a config file.

@@ -200,6 +200,8 @@ pub struct RawProvider {
     #[serde(default)]
     pub events_pointer: Option<String>,
     #[serde(default)]
+    pub recipient_pointer: Option<String>,
+    #[serde(default)]
     pub sent: Option<Vec<String>>,
     #[serde(default)]
     pub failed: Option<Vec<String>>,
@@ -217,8 +219,10 @@ pub struct RawProvider {
     pub visibility_lag: Option<String>,
     #[serde(default)]
     pub slack: Option<String>,
+    /// Mailgun: above this many stuck rows, one time-range scan instead of
+    /// a query per row.
     #[serde(default)]
-    pub match_by: Option<String>,
+    pub time_range_above: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -137,7 +137,7 @@ pub fn validate(
                 let path = yaml::join("sweeps", &name);
                 name_ok(&mut p, &path, &name);
                 if let Some(raw) = p.decode::<RawSweep>(node, &path) {
-                    if let Some(s) = sweep(&mut p, &path, &name, raw, &refs) {
+                    if let Some(s) = sweep(&mut p, &path, &name, raw, &refs, &evidence) {
                         sweeps.push(s);
                     }
                 }
@@ -549,7 +549,7 @@ const SIDEKIQ_RESERVED: &[&str] = &[
     "retry",
 ];
 
-const EVIDENCE_KINDS: &str = "log";
+const EVIDENCE_KINDS: &str = "log, mailgun, sendgrid, postmark, http";
 const LOG_FORMATS: &str = "postfix, exim, custom, jsonl";
 
 fn evidence_source(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<EvidenceConfig> {
@@ -558,6 +558,11 @@ fn evidence_source(p: &mut Problems, path: &str, name: &str, node: Node) -> Opti
         "log" => {
             let raw: RawLogSource = p.decode(node, path)?;
             EvidenceKind::Log(log_source(p, path, raw)?)
+        }
+        k @ ("mailgun" | "sendgrid" | "postmark" | "http") => {
+            let kind = k.to_string();
+            let raw: RawProvider = p.decode(node, path)?;
+            EvidenceKind::Provider(provider_source(p, path, &kind, raw)?)
         }
         other => {
             p.push(
@@ -770,6 +775,196 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
     })
 }
 
+fn provider_source(
+    p: &mut Problems,
+    path: &str,
+    kind: &str,
+    raw: RawProvider,
+) -> Option<ProviderConfig> {
+    let sub = |k: &str| yaml::join(path, k);
+    // Which options each kind takes.
+    let allowed: &[&str] = match kind {
+        "mailgun" => &["domain", "api_key", "base_url", "time_range_above"],
+        "sendgrid" => &["api_key", "base_url"],
+        "postmark" => &["token", "base_url"],
+        _ => &[
+            "url",
+            "headers",
+            "status_pointer",
+            "events_pointer",
+            "recipient_pointer",
+            "sent",
+            "failed",
+        ],
+    };
+    let given: [(&str, bool); 13] = [
+        ("domain", raw.domain.is_some()),
+        ("api_key", raw.api_key.is_some()),
+        ("token", raw.token.is_some()),
+        ("base_url", raw.base_url.is_some()),
+        ("url", raw.url.is_some()),
+        ("headers", raw.headers.is_some()),
+        ("status_pointer", raw.status_pointer.is_some()),
+        ("events_pointer", raw.events_pointer.is_some()),
+        ("recipient_pointer", raw.recipient_pointer.is_some()),
+        ("sent", raw.sent.is_some()),
+        ("failed", raw.failed.is_some()),
+        ("time_range_above", raw.time_range_above.is_some()),
+        ("kind", false),
+    ];
+    for (k, present) in given {
+        if present && !allowed.contains(&k) {
+            p.push(sub(k), format!("`{k}` does not apply to kind {kind}"));
+        }
+    }
+    let required = |p: &mut Problems, k: &str, v: &Option<String>| -> Option<String> {
+        match v {
+            Some(s) if !s.trim().is_empty() => Some(s.clone()),
+            Some(_) => {
+                p.push(sub(k), format!("`{k}` is empty"));
+                None
+            }
+            None => {
+                p.push(path, format!("kind {kind} needs `{k}`"));
+                None
+            }
+        }
+    };
+    let (default_base, default_rate, default_retention, default_lag) = match kind {
+        // Mailgun keeps events "at least 3 days" (plan-dependent) and its
+        // event store lags: "half an hour" is its own threshold.
+        "mailgun" => ("https://api.mailgun.net", 2.0, Some(3 * 86_400), 1800),
+        // SendGrid's Email Activity API: 6 requests per minute, 30 days.
+        "sendgrid" => ("https://api.sendgrid.com", 0.1, Some(30 * 86_400), 600),
+        // Postmark keeps messages 45 days by default.
+        "postmark" => ("https://api.postmarkapp.com", 5.0, Some(45 * 86_400), 300),
+        _ => ("", 5.0, None, 0),
+    };
+    let api = match kind {
+        "mailgun" => ProviderApi::Mailgun {
+            domain: required(p, "domain", &raw.domain)?,
+            api_key: required(p, "api_key", &raw.api_key)?,
+        },
+        "sendgrid" => ProviderApi::Sendgrid {
+            api_key: required(p, "api_key", &raw.api_key)?,
+        },
+        "postmark" => ProviderApi::Postmark {
+            token: required(p, "token", &raw.token)?,
+        },
+        _ => {
+            let url = required(p, "url", &raw.url)?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.push(
+                    sub("url"),
+                    format!("invalid url {url:?}: expected http:// or https://"),
+                );
+            }
+            let mut columns = Vec::new();
+            let mut rest = url.as_str();
+            while let Some(i) = rest.find('{') {
+                let after = &rest[i + 1..];
+                let Some(j) = after.find('}') else { break };
+                let name = &after[..j];
+                if name != "key" {
+                    match Ident::parse(name, false) {
+                        Ok(c) => {
+                            if !columns.contains(&c) {
+                                columns.push(c);
+                            }
+                        }
+                        Err(e) => p.push(sub("url"), format!("placeholder {{{name}}}: {e}")),
+                    }
+                }
+                rest = &after[j + 1..];
+            }
+            let status = required(p, "status_pointer", &raw.status_pointer)
+                .and_then(|s| p.check(&sub("status_pointer"), pointer(&s)));
+            let events = raw
+                .events_pointer
+                .as_ref()
+                .and_then(|s| p.check(&sub("events_pointer"), pointer(s)));
+            let recipient = raw
+                .recipient_pointer
+                .as_ref()
+                .and_then(|s| p.check(&sub("recipient_pointer"), pointer(s)));
+            let sent = raw.sent.clone().unwrap_or_default();
+            if sent.is_empty() {
+                p.push(
+                    sub("sent"),
+                    "list the status values that mean delivered, e.g. sent: [delivered]",
+                );
+            }
+            ProviderApi::Http {
+                url,
+                headers: raw.headers.clone().unwrap_or_default(),
+                status: status?,
+                events,
+                recipient,
+                statuses: StatusMap {
+                    sent,
+                    failed: raw.failed.clone().unwrap_or_default(),
+                },
+                columns,
+            }
+        }
+    };
+    let base_url = raw
+        .base_url
+        .clone()
+        .unwrap_or_else(|| default_base.to_string());
+    let is_http = matches!(api, ProviderApi::Http { .. });
+    let base_ok = base_url.starts_with("http://") || base_url.starts_with("https://");
+    if !is_http && !base_ok {
+        p.push(
+            sub("base_url"),
+            format!("invalid base_url {base_url:?}: expected http:// or https://"),
+        );
+    }
+    let rate_limit = raw.rate_limit.unwrap_or(default_rate);
+    if !(rate_limit.is_finite() && rate_limit > 0.0) {
+        p.push(
+            sub("rate_limit"),
+            format!(
+                "rate_limit must be a positive number of requests per second, found {rate_limit}"
+            ),
+        );
+    }
+    let concurrency = raw.concurrency.unwrap_or(4);
+    if concurrency == 0 {
+        p.push(sub("concurrency"), "concurrency must be at least 1");
+    }
+    let timeout = duration_or(
+        p,
+        &sub("timeout"),
+        raw.timeout.as_ref(),
+        Duration::from_secs(10),
+    );
+    let retention = match &raw.retention {
+        Some(r) => Some(p.check(&sub("retention"), positive_duration(r))?),
+        None => default_retention.map(Duration::from_secs),
+    };
+    let visibility_lag = match &raw.visibility_lag {
+        Some(r) => p.check(&sub("visibility_lag"), parse_duration(r))?,
+        None => Duration::from_secs(default_lag),
+    };
+    let slack = match &raw.slack {
+        Some(r) => p.check(&sub("slack"), parse_duration(r))?,
+        None => Duration::from_secs(600),
+    };
+    Some(ProviderConfig {
+        api,
+        base_url,
+        rate_limit,
+        concurrency,
+        timeout: timeout?,
+        retries: raw.retries.unwrap_or(2),
+        retention,
+        visibility_lag,
+        slack,
+        time_range_above: raw.time_range_above.unwrap_or(20),
+    })
+}
+
 struct Refs {
     databases: BTreeSet<String>,
     queues: BTreeSet<String>,
@@ -816,6 +1011,7 @@ fn sweep(
     name: &str,
     raw: RawSweep,
     refs: &Refs,
+    sources: &BTreeMap<String, EvidenceConfig>,
 ) -> Option<SweepConfig> {
     let sub = |k: &str| yaml::join(path, k);
     if !refs.databases.contains(&raw.database) {
@@ -953,6 +1149,14 @@ fn sweep(
     });
 
     let mut evidence = Vec::new();
+    let mut lookup_columns: Vec<Ident> = Vec::new();
+    let mut lookup_index = |c: &Ident| match lookup_columns.iter().position(|x| x == c) {
+        Some(i) => i,
+        None => {
+            lookup_columns.push(c.clone());
+            lookup_columns.len() - 1
+        }
+    };
     let sending = raw.sending.and_then(|rs| {
         let sp = sub("sending");
         let after = p.check(&yaml::join(&sp, "after"), positive_duration(&rs.after));
@@ -972,9 +1176,22 @@ fn sweep(
                 &yaml::join(&ep, "match"),
                 Ident::parse(&e.match_column, false),
             ) {
+                let lookup = lookup_index(&column);
+                let extra = match sources.get(&e.source).map(|s| &s.kind) {
+                    Some(EvidenceKind::Provider(ProviderConfig {
+                        api: ProviderApi::Http { columns, .. },
+                        ..
+                    })) => columns
+                        .iter()
+                        .map(|c| (c.name().to_string(), lookup_index(c)))
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 evidence.push(EvidenceRef {
                     source: e.source.clone(),
                     column,
+                    lookup,
+                    extra,
                 });
             }
         }
@@ -1069,5 +1286,6 @@ fn sweep(
         },
         job,
         evidence,
+        lookup_columns,
     })
 }

@@ -203,8 +203,8 @@ fn decide_sending(
         Combined::Failed(r) => Decision::new(Action::MarkError, fail_reason(r)),
         Combined::Conflict => Decision::new(Action::Hold, Reason::Conflict),
         Combined::Unavailable => Decision::new(Action::Leave, Reason::EvidenceUnavailable),
-        Combined::Open { deferred } => {
-            if age < delta(rule.give_up_after) {
+        Combined::Open { deferred, lagging } => {
+            if age < delta(rule.give_up_after) || lagging {
                 let reason = if deferred {
                     Reason::Deferred
                 } else {
@@ -246,9 +246,11 @@ pub enum Combined {
     Conflict,
     /// No definitive verdict and at least one source failed to answer.
     Unavailable,
-    /// No definitive verdict; `deferred` when some source knows it is retrying.
+    /// No definitive verdict; `deferred` when some source knows it is
+    /// retrying, `lagging` when a source may not show it yet.
     Open {
         deferred: bool,
+        lagging: bool,
     },
 }
 
@@ -257,7 +259,7 @@ pub enum Combined {
 pub fn combine(evidence: &[SourceVerdict]) -> Combined {
     let mut first: Option<Combined> = None;
     let (mut delivered, mut failed) = (false, false);
-    let (mut unavailable, mut deferred) = (false, false);
+    let (mut unavailable, mut deferred, mut lagging) = (false, false, false);
     for sv in evidence {
         match &sv.verdict {
             Verdict::Delivered => {
@@ -272,6 +274,9 @@ pub fn combine(evidence: &[SourceVerdict]) -> Combined {
                 reason: InFlightReason::Deferred,
             } => deferred = true,
             Verdict::InFlight {
+                reason: InFlightReason::Lagging,
+            } => lagging = true,
+            Verdict::InFlight {
                 reason: InFlightReason::Queued,
             }
             | Verdict::NotFound => {}
@@ -284,8 +289,24 @@ pub fn combine(evidence: &[SourceVerdict]) -> Combined {
     match first {
         Some(c) => c,
         None if unavailable => Combined::Unavailable,
-        None => Combined::Open { deferred },
+        None => Combined::Open { deferred, lagging },
     }
+}
+
+/// When a row's evidence at a source with `retention` will be gone before
+/// `give_up_after` applies: the instant it expires, while that is still
+/// ahead (the row can still be settled). `None` when there is no such risk.
+pub fn evidence_expiry(
+    updated_at: Timestamp,
+    retention: Duration,
+    give_up_after: Duration,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    if retention >= give_up_after {
+        return None;
+    }
+    let expires = updated_at + delta(retention);
+    (expires > now).then_some(expires)
 }
 
 /// Writes not backed by evidence: the ones the storm and no-workers brakes
@@ -590,6 +611,25 @@ mod tests {
             };
             let d = decide(&rules, &r, &ctx, now);
             assert_eq!((d.action, d.reason, d.attempt), c.want, "case: {}", c.name);
+        }
+    }
+
+    #[test]
+    fn evidence_expiry_escalates_only_rows_that_can_still_be_settled() {
+        let day = Duration::from_secs(86_400);
+        let table = [
+            // (retention, give_up_after, row age, expiry?)
+            (3 * day, day, 2 * HOUR, None), // kept longer than we wait
+            (day, 3 * day, 2 * HOUR, Some(24 * HOUR)), // gone before give-up: escalate
+            (day, 3 * day, 30 * HOUR, None), // already gone
+        ];
+        for (retention, give_up, age, want) in table {
+            let got = evidence_expiry(t(-age), retention, give_up, t(0));
+            assert_eq!(
+                got,
+                want.map(|h| t(-age + h)),
+                "{retention:?} {give_up:?} {age}"
+            );
         }
     }
 

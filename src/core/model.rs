@@ -132,6 +132,9 @@ pub enum InFlightReason {
     Deferred,
     /// Accepted / queued, no delivery attempt outcome yet.
     Queued,
+    /// Not found, but the source may not show it yet (visibility lag):
+    /// absence is not evidence.
+    Lagging,
 }
 
 /// One source's verdict on one row, with what it was based on.

@@ -89,6 +89,9 @@ pub struct SweepReport {
     pub rows: Vec<RowReport>,
     /// Stuck rows not listed in `rows` (report row limit).
     pub rows_omitted: u64,
+    /// Sending rows without a verdict whose evidence a source will drop
+    /// before `give_up_after`: settle them while it is still there.
+    pub evidence_expiring: u64,
     pub errors: Vec<PassError>,
     pub duration_seconds: f64,
 }
@@ -107,6 +110,7 @@ impl SweepReport {
             outcomes: None,
             rows: Vec::new(),
             rows_omitted: 0,
+            evidence_expiring: 0,
             errors: Vec::new(),
             duration_seconds: 0.0,
         }
@@ -128,6 +132,10 @@ pub struct RowReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     pub evidence: Vec<SourceVerdict>,
+    /// When a source will drop this row's evidence, if that is before the
+    /// give-up policy applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence_expires_at: Option<Timestamp>,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -253,6 +261,14 @@ pub fn render_text(report: &Report, color: bool) -> String {
             oldest(s.oldest_stuck_age_seconds.sending)
         );
         let _ = writeln!(out, "  decisions:  {}", counts_line(&s.decisions));
+        if s.evidence_expiring > 0 {
+            let _ = writeln!(
+                out,
+                "  {}: {} sending row(s) will lose their provider evidence before give_up_after — settle them now",
+                paint.wrap("33", "expiring"),
+                s.evidence_expiring
+            );
+        }
         if let Some(o) = &s.outcomes {
             let _ = writeln!(
                 out,
@@ -370,6 +386,13 @@ pub fn render_markdown(report: &Report) -> String {
             age(s.oldest_stuck_age_seconds.sending)
         );
         let _ = writeln!(out, "**Decisions:** {}\n", counts_line(&s.decisions));
+        if s.evidence_expiring > 0 {
+            let _ = writeln!(
+                out,
+                "**Evidence expiring:** {} sending row(s) will lose their provider evidence before give_up_after.\n",
+                s.evidence_expiring
+            );
+        }
         if let Some(o) = &s.outcomes {
             let _ = writeln!(
                 out,
@@ -449,6 +472,7 @@ mod tests {
                 reason: Reason::StalePending,
                 attempt: Some(1),
                 evidence: vec![],
+                evidence_expires_at: None,
                 outcome: Outcome::NotApplied,
             },
             RowReport {
@@ -464,6 +488,7 @@ mod tests {
                     detail: "ED054C8803 1 recipient: ok0@d sent".into(),
                     references: vec!["mail.log:4".into()],
                 }],
+                evidence_expires_at: None,
                 outcome: Outcome::NotApplied,
             },
         ];

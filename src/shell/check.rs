@@ -114,6 +114,27 @@ pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
                 }
                 Err(e) => fail(e.to_string()),
             },
+            EvidenceKind::Provider(pc) => {
+                // Ask about a key that cannot exist: reaches the API with the
+                // credentials and expects "not found", not 401/5xx.
+                let probe = crate::adapters::provider::WantedRow {
+                    key: "sweeper-check-probe".into(),
+                    since: chrono::Utc::now() - chrono::TimeDelta::hours(1),
+                    fields: Default::default(),
+                };
+                let scan =
+                    crate::adapters::provider::fetch(name, pc, std::slice::from_ref(&probe), false)
+                        .await;
+                match scan.failed.values().next() {
+                    None => println!(
+                        "ok    evidence {name}: {} API at {} answered ({} request(s))",
+                        pc.api.as_str(),
+                        pc.base_url,
+                        scan.requests
+                    ),
+                    Some(e) => fail(format!("evidence {name}: {e}")),
+                }
+            }
         }
     }
     Ok(if failed > 0 {

@@ -160,7 +160,12 @@ pub fn render(cfg: &Config, sweep: &SweepConfig, key: &str, result: &PassResult)
 
     for (i, sv) in evidence.iter().enumerate() {
         let e = &sweep.evidence[i];
-        let lookup = row.lookups.get(i).cloned().flatten().unwrap_or_default();
+        let lookup = row
+            .lookups
+            .get(e.lookup)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "  evidence    {} — lookup {} = {:?}",

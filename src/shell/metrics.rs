@@ -59,6 +59,7 @@ pub struct Metrics {
     held: IntGaugeVec,
     lookups: IntCounterVec,
     source_up: IntGaugeVec,
+    expiring: IntGaugeVec,
     reloads: IntCounterVec,
     reload_ok: IntGaugeVec,
 }
@@ -140,6 +141,13 @@ impl Metrics {
             ),
             &["source"],
         ));
+        let expiring = must(IntGaugeVec::new(
+            Opts::new(
+                "sweeper_evidence_expiring_rows",
+                "Sending rows without a verdict whose provider evidence expires before give_up_after.",
+            ),
+            &["sweep"],
+        ));
         let reloads = must(IntCounterVec::new(
             Opts::new(
                 "sweeper_config_reloads_total",
@@ -174,6 +182,7 @@ impl Metrics {
             Box::new(held.clone()),
             Box::new(lookups.clone()),
             Box::new(source_up.clone()),
+            Box::new(expiring.clone()),
             Box::new(reloads.clone()),
             Box::new(reload_ok.clone()),
             Box::new(build),
@@ -198,6 +207,7 @@ impl Metrics {
             held,
             lookups,
             source_up,
+            expiring,
             reloads,
             reload_ok,
         }
@@ -226,6 +236,7 @@ impl Metrics {
             }
             self.duration.with_label_values(&[n]);
             self.last_success.with_label_values(&[n]);
+            self.expiring.with_label_values(&[n]);
         }
         for name in cfg.evidence.keys() {
             for v in VERDICT_LABELS {
@@ -239,6 +250,7 @@ impl Metrics {
         let keep = |name: &str| cfg.sweep(name).is_some();
         for mf in self.registry.gather() {
             let gauge_like = [
+                "sweeper_evidence_expiring_rows",
                 "sweeper_rows",
                 "sweeper_stuck_rows",
                 "sweeper_oldest_stuck_age_seconds",
@@ -267,6 +279,7 @@ impl Metrics {
                     "sweeper_stuck_rows" => self.stuck.remove(&by_name),
                     "sweeper_oldest_stuck_age_seconds" => self.oldest.remove(&by_name),
                     "sweeper_held_rows" => self.held.remove(&by_name),
+                    "sweeper_evidence_expiring_rows" => self.expiring.remove(&by_name),
                     _ => self.last_success.remove(&by_name),
                 };
             }
@@ -340,6 +353,9 @@ impl Metrics {
             self.oldest
                 .with_label_values(&[n, "sending"])
                 .set(s.oldest_stuck_age_seconds.sending.unwrap_or(0.0));
+            self.expiring
+                .with_label_values(&[n])
+                .set(to_i(s.evidence_expiring));
             for r in HOLD_REASONS {
                 let held = s.reasons.get(&r).copied().unwrap_or(0);
                 self.held

@@ -14,11 +14,12 @@
 
 use crate::adapters::db::{Db, DbError, LockGuard, StaleSummary, SweepTable, Target, Transition};
 use crate::adapters::logfile::{self, ScanStats};
+use crate::adapters::provider::{self, WantedRow};
 use crate::adapters::queue::{JobRequest, QueueClient, QueueError};
 use crate::adapters::tail::Tailer;
 use crate::config::{Config, EvidenceKind, QueueKind, SweepConfig};
 use crate::core::decide::{plan, Brakes, RowContext};
-use crate::core::evidence::{KeyFilter, TraceStore};
+use crate::core::evidence::{KeyFilter, LineRef, TraceStore};
 use crate::core::model::{
     Action, Decision, LedgerEntry, Outcome, Presence, RowState, SourceVerdict, Stage, StuckRow,
     Timestamp, Verdict,
@@ -127,6 +128,28 @@ pub trait EvidenceIndex: Sync {
     /// The name of file `i` of `LineRef.file`.
     fn file_name(&self, i: u32) -> String;
     fn slack(&self) -> Duration;
+    /// Where a piece of evidence came from, for reports and logs.
+    fn reference(&self, l: &LineRef) -> String {
+        format!("{}:{}", self.file_name(l.file), l.line)
+    }
+    /// Why this key could not be looked up, if it could not.
+    fn key_error(&self, _key: &str) -> Option<&str> {
+        None
+    }
+    fn lag(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn retention(&self) -> Option<Duration> {
+        None
+    }
+    /// Whether the row's time window applies to this source's evidence.
+    fn windowed(&self) -> bool {
+        true
+    }
+    /// Some per-key failure, if any (the source is partly down).
+    fn any_key_error(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl EvidenceIndex for SourceScan {
@@ -141,6 +164,27 @@ impl EvidenceIndex for SourceScan {
     }
     fn slack(&self) -> Duration {
         self.slack
+    }
+    fn reference(&self, l: &LineRef) -> String {
+        match self.refs.get(l.line as usize) {
+            Some(r) if !self.refs.is_empty() => r.clone(),
+            _ => format!("{}:{}", self.file_name(l.file), l.line),
+        }
+    }
+    fn key_error(&self, key: &str) -> Option<&str> {
+        self.failed.get(key).map(String::as_str)
+    }
+    fn any_key_error(&self) -> Option<&str> {
+        self.failed.values().next().map(String::as_str)
+    }
+    fn lag(&self) -> Duration {
+        self.lag
+    }
+    fn retention(&self) -> Option<Duration> {
+        self.retention
+    }
+    fn windowed(&self) -> bool {
+        self.windowed
     }
 }
 
@@ -167,6 +211,33 @@ pub struct SourceScan {
     pub store: TraceStore,
     pub stats: ScanStats,
     pub slack: Duration,
+    /// Provider event references (`LineRef.line` indexes them); empty for logs.
+    pub refs: Vec<String>,
+    /// Keys a provider could not be asked about, and why.
+    pub failed: HashMap<String, String>,
+    /// Absence means nothing for rows younger than this.
+    pub lag: Duration,
+    /// How long the source keeps evidence, when known.
+    pub retention: Option<Duration>,
+    /// Whether evidence carries times, so the row's window applies (a
+    /// generic status API answers about the key only).
+    pub windowed: bool,
+}
+
+impl SourceScan {
+    fn of_log(files: Vec<PathBuf>, store: TraceStore, stats: ScanStats, slack: Duration) -> Self {
+        SourceScan {
+            files,
+            store,
+            stats,
+            slack,
+            refs: Vec::new(),
+            failed: HashMap::new(),
+            lag: Duration::ZERO,
+            retention: None,
+            windowed: true,
+        }
+    }
 }
 
 /// Everything a pass produced.
@@ -254,11 +325,7 @@ pub async fn run_pass(
         locks.push(lock);
     }
 
-    let scans = if opts.incremental {
-        BTreeMap::new()
-    } else {
-        scan_evidence(cfg, &collected, opts, wall_now).await
-    };
+    let scans = scan_evidence(cfg, &collected, opts, wall_now).await;
     let tailers = if opts.incremental {
         poll_tailers(cfg, conns, &collected, wall_now).await
     } else {
@@ -266,7 +333,11 @@ pub async fn run_pass(
     };
     let mut sources = BTreeMap::new();
     for (name, scan) in &scans {
-        sources.insert(name.clone(), scan.as_ref().err().cloned());
+        let err = match scan {
+            Err(e) => Some(e.clone()),
+            Ok(s) => s.failed.values().next().cloned(),
+        };
+        sources.insert(name.clone(), err);
     }
     for (name, (_, err)) in &tailers {
         sources.insert(name.clone(), err.clone());
@@ -457,31 +528,58 @@ async fn scan_evidence(
     opts: &PassOptions,
     wall_now: Timestamp,
 ) -> BTreeMap<String, Result<SourceScan, String>> {
-    let mut wanted: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
+    // Per source: every stuck sending row's lookup (earliest window wins).
+    let mut wanted: BTreeMap<&str, BTreeMap<String, WantedRow>> = BTreeMap::new();
     for c in collected {
         let Some(ready) = &c.ready else { continue };
         for row in ready.rows.iter().filter(|r| r.state == RowState::Sending) {
-            for (i, e) in c.sweep.evidence.iter().enumerate() {
-                if let Some(Some(v)) = row.lookups.get(i) {
-                    let k = crate::core::evidence::normalize_key(v);
-                    if !k.is_empty() {
-                        wanted
-                            .entry(e.source.as_str())
-                            .or_default()
-                            .insert(k.to_string());
-                    }
+            for e in &c.sweep.evidence {
+                let Some(Some(v)) = row.lookups.get(e.lookup) else {
+                    continue;
+                };
+                let k = crate::core::evidence::normalize_key(v);
+                if k.is_empty() {
+                    continue;
                 }
+                let slack = cfg
+                    .evidence
+                    .get(&e.source)
+                    .map_or(Duration::ZERO, |s| s.kind.slack());
+                let since = row.updated_at - delta(slack);
+                let fields = e
+                    .extra
+                    .iter()
+                    .map(|(name, i)| {
+                        (
+                            name.clone(),
+                            row.lookups.get(*i).cloned().flatten().unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                let w = wanted
+                    .entry(e.source.as_str())
+                    .or_default()
+                    .entry(k.to_string())
+                    .or_insert(WantedRow {
+                        key: k.to_string(),
+                        since,
+                        fields,
+                    });
+                w.since = w.since.min(since);
             }
         }
     }
     let mut out = BTreeMap::new();
-    for (source, keys) in wanted {
+    for (source, rows) in wanted {
         let ecfg = cfg
             .evidence
             .get(source)
             .expect("validation resolves sources");
         let scan = match &ecfg.kind {
+            // The daemon reads logs through its tailers instead.
+            EvidenceKind::Log(_) if opts.incremental => continue,
             EvidenceKind::Log(lcfg) => {
+                let keys: HashSet<String> = rows.into_keys().collect();
                 let lcfg = lcfg.clone();
                 let name = source.to_string();
                 let keep_text = opts.keep_text;
@@ -501,12 +599,7 @@ async fn scan_evidence(
                         counter,
                     )
                     .map_err(|e| e.to_string())?;
-                    Ok(SourceScan {
-                        files,
-                        store,
-                        stats,
-                        slack: lcfg.slack,
-                    })
+                    Ok(SourceScan::of_log(files, store, stats, lcfg.slack))
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("evidence {source}: scan task failed: {e}")));
@@ -516,9 +609,33 @@ async fn scan_evidence(
                 }
                 scan
             }
+            EvidenceKind::Provider(pcfg) => {
+                let rows: Vec<WantedRow> = rows.into_values().collect();
+                let ps = provider::fetch(source, pcfg, &rows, opts.keep_text).await;
+                Ok(SourceScan {
+                    files: Vec::new(),
+                    store: ps.store,
+                    stats: ScanStats {
+                        files: 0,
+                        bytes: 0,
+                        lines: ps.requests,
+                    },
+                    slack: pcfg.slack,
+                    refs: ps.refs,
+                    failed: ps.failed,
+                    lag: pcfg.visibility_lag,
+                    retention: pcfg.retention,
+                    windowed: !matches!(pcfg.api, crate::config::ProviderApi::Http { .. }),
+                })
+            }
         };
         if let Err(e) = &scan {
             tracing::warn!(source, error = %e, "evidence source unavailable");
+        }
+        if let Ok(s) = &scan {
+            if let Some(e) = s.failed.values().next() {
+                tracing::warn!(source, keys = s.failed.len(), error = %e, "evidence source failed for some rows");
+            }
         }
         out.insert(source.to_string(), scan);
     }
@@ -581,7 +698,9 @@ async fn poll_tailers(
             .evidence
             .get(source)
             .expect("validation resolves sources");
-        let EvidenceKind::Log(lcfg) = &ecfg.kind;
+        let EvidenceKind::Log(lcfg) = &ecfg.kind else {
+            continue;
+        };
         let mut tailer = conns
             .tailers
             .remove(source)
@@ -603,16 +722,25 @@ async fn poll_tailers(
 }
 
 /// Each configured source's verdict on one row.
-fn row_evidence(sweep: &SweepConfig, row: &StuckRow, scans: &Views<'_>) -> Vec<SourceVerdict> {
+fn row_evidence(
+    sweep: &SweepConfig,
+    row: &StuckRow,
+    scans: &Views<'_>,
+    now: Timestamp,
+) -> Vec<SourceVerdict> {
     if row.state != RowState::Sending {
         return Vec::new();
     }
     sweep
         .evidence
         .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let lookup = row.lookups.get(i).cloned().flatten().unwrap_or_default();
+        .map(|e| {
+            let lookup = row
+                .lookups
+                .get(e.lookup)
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
             if crate::core::evidence::normalize_key(&lookup).is_empty() {
                 return SourceVerdict {
                     source: e.source.clone(),
@@ -623,18 +751,45 @@ fn row_evidence(sweep: &SweepConfig, row: &StuckRow, scans: &Views<'_>) -> Vec<S
             }
             match scans.get(&e.source) {
                 Some(Ok(scan)) => {
-                    let since = row.updated_at - delta(scan.slack());
-                    let kv = scan.store().verdict(&lookup, Some(since));
+                    let key = crate::core::evidence::normalize_key(&lookup);
+                    if let Some(err) = scan.key_error(key) {
+                        return SourceVerdict {
+                            source: e.source.clone(),
+                            verdict: Verdict::Unavailable,
+                            detail: err.to_string(),
+                            references: vec![],
+                        };
+                    }
+                    let since = scan
+                        .windowed()
+                        .then(|| row.updated_at - delta(scan.slack()));
+                    let kv = scan.store().verdict(&lookup, since);
                     let mut references = Vec::new();
                     for m in &kv.instances {
                         for l in m.lines.iter().take(20) {
-                            references.push(format!("{}:{}", scan.file_name(l.file), l.line));
+                            references.push(scan.reference(l));
                         }
                     }
+                    let lag = scan.lag();
+                    let (verdict, detail) =
+                        if kv.verdict == Verdict::NotFound && now - row.updated_at < delta(lag) {
+                            (
+                                Verdict::InFlight {
+                                    reason: crate::core::model::InFlightReason::Lagging,
+                                },
+                                format!(
+                                    "not found yet; {} may take up to {} to show events",
+                                    e.source,
+                                    crate::core::report::human_age(lag.as_secs_f64())
+                                ),
+                            )
+                        } else {
+                            (kv.verdict, kv.detail)
+                        };
                     SourceVerdict {
                         source: e.source.clone(),
-                        verdict: kv.verdict,
-                        detail: kv.detail,
+                        verdict,
+                        detail,
                         references,
                     }
                 }
@@ -683,10 +838,27 @@ async fn settle(
         );
     };
     let now = ready.now;
+    let mut seen_sources = HashSet::new();
+    for e in &sweep.evidence {
+        if !seen_sources.insert(e.source.as_str()) {
+            continue;
+        }
+        let failure = match scans.get(&e.source) {
+            Some(Err(msg)) => Some(msg.clone()),
+            Some(Ok(s)) => s.any_key_error().map(str::to_string),
+            None => None,
+        };
+        if let Some(message) = failure {
+            report.errors.push(PassError {
+                stage: Stage::Evidence,
+                message,
+            });
+        }
+    }
     let evidence: Vec<Vec<SourceVerdict>> = ready
         .rows
         .iter()
-        .map(|r| row_evidence(sweep, r, scans))
+        .map(|r| row_evidence(sweep, r, scans, now))
         .collect();
     for ev in &evidence {
         for sv in ev {
@@ -744,6 +916,29 @@ async fn settle(
         outcomes
     };
 
+    // Rows still without a verdict whose evidence a source will drop before
+    // the give-up policy applies: escalate while they can be settled.
+    let expiries: Vec<Option<Timestamp>> = ready
+        .rows
+        .iter()
+        .zip(&decisions)
+        .map(|(r, d)| {
+            let give_up = sweep.rules.sending.as_ref()?.give_up_after;
+            if r.state != RowState::Sending || d.action.writes() {
+                return None;
+            }
+            sweep
+                .evidence
+                .iter()
+                .filter_map(|e| scans.get(&e.source)?.as_ref().ok()?.retention())
+                .filter_map(|ret| {
+                    crate::core::decide::evidence_expiry(r.updated_at, ret, give_up, now)
+                })
+                .min()
+        })
+        .collect();
+    report.evidence_expiring = expiries.iter().filter(|e| e.is_some()).count() as u64;
+
     let max_rows = opts.max_rows.unwrap_or(usize::MAX);
     let mut listed = 0usize;
     for (i, row) in ready.rows.iter().enumerate() {
@@ -763,6 +958,7 @@ async fn settle(
             reason: decisions[i].reason,
             attempt: decisions[i].attempt,
             evidence: evidence[i].clone(),
+            evidence_expires_at: expiries[i],
             outcome: outcomes[i].clone(),
         });
     }

@@ -221,7 +221,7 @@ fn the_annotated_example_config_is_valid() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.sweeps.len(), 2);
     assert_eq!(cfg.queues.len(), 5);
-    assert_eq!(cfg.evidence.len(), 4);
+    assert_eq!(cfg.evidence.len(), 8);
     let receipts = cfg.sweep("receipts").unwrap();
     assert_eq!(receipts.states.sent, sweeper::config::StateValue::Int(2));
     assert_eq!(receipts.table.to_string(), "billing.receipts");

@@ -121,7 +121,13 @@ struct Daemon {
 fn spawn(cfg: &Path, initial_delay: &str) -> Daemon {
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = sweeper()
-        .args(["run", "-c", cfg.to_str().unwrap(), "--initial-delay", initial_delay])
+        .args([
+            "run",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--initial-delay",
+            initial_delay,
+        ])
         .env("RUST_LOG", "sweeper=info")
         .stdout(Stdio::null())
         .stderr(Stdio::from(log.reopen().unwrap()))

@@ -6,6 +6,7 @@ mod config_errors;
 mod daemon;
 mod evidence_fixtures;
 mod ops;
+mod providers;
 mod queues;
 mod sql_sweeps;
 mod support;

@@ -15,6 +15,7 @@ pub mod custom;
 pub mod exim;
 pub mod jsonl;
 pub mod postfix;
+pub mod provider;
 pub mod timestamp;
 
 use super::model::{FailReason, InFlightReason, Timestamp, Verdict};
@@ -64,6 +65,9 @@ pub enum RcptStatus {
     Bounced,
     /// Given up by the MTA after retrying.
     Expired,
+    /// Refused by a provider before any delivery attempt (dropped, blocked,
+    /// suppressed).
+    Rejected,
 }
 
 impl RcptStatus {
@@ -73,11 +77,15 @@ impl RcptStatus {
             RcptStatus::Deferred => "deferred",
             RcptStatus::Bounced => "bounced",
             RcptStatus::Expired => "expired",
+            RcptStatus::Rejected => "rejected",
         }
     }
 
     fn is_failure(self) -> bool {
-        matches!(self, RcptStatus::Bounced | RcptStatus::Expired)
+        matches!(
+            self,
+            RcptStatus::Bounced | RcptStatus::Expired | RcptStatus::Rejected
+        )
     }
 }
 
@@ -190,10 +198,12 @@ impl MessageTrace {
         let v = if failed == 0 && !missing {
             Verdict::Delivered
         } else if failed == statuses.len() {
-            let all_expired = statuses.iter().all(|s| *s == RcptStatus::Expired);
+            let all = |want: RcptStatus| statuses.iter().all(|s| *s == want);
             Verdict::Failed {
-                reason: if all_expired {
+                reason: if all(RcptStatus::Expired) {
                     FailReason::Expired
+                } else if all(RcptStatus::Rejected) {
+                    FailReason::Rejected
                 } else {
                     FailReason::Bounced
                 },

@@ -1,0 +1,509 @@
+//! Email-provider event APIs as evidence sources: Mailgun, SendGrid,
+//! Postmark and a generic JSON status API.
+//!
+//! Owns: the requests — auth, paging, per-source rate limit (requests per
+//! second) and concurrency bound, timeouts, retries with backoff on 5xx,
+//! 429 honouring `Retry-After` (or SendGrid's `X-RateLimit-Reset`), and a
+//! per-pass circuit breaker: once a request fails for good, the source
+//! answers nothing more this pass (its rows get no verdict, never a guess).
+//! Does not own: what payloads mean (core::evidence::provider).
+
+use crate::config::{ProviderApi, ProviderConfig};
+use crate::core::evidence::provider::{self, EventKind, ProviderEvent};
+use crate::core::evidence::{normalize_key, TraceStore};
+use crate::core::model::Timestamp;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A row the source is asked about.
+#[derive(Clone, Debug)]
+pub struct WantedRow {
+    /// The normalised lookup value (Message-ID, X-Message-Id, MessageID…).
+    pub key: String,
+    /// Evidence from before this instant does not count.
+    pub since: Timestamp,
+    /// Other row columns (http URL templates).
+    pub fields: BTreeMap<String, String>,
+}
+
+/// What a source answered in one pass.
+#[derive(Debug, Default)]
+pub struct ProviderScan {
+    pub store: TraceStore,
+    /// Event references, indexed by the traces' `LineRef.line`.
+    pub refs: Vec<String>,
+    /// Keys the source could not be asked about, and why.
+    pub failed: HashMap<String, String>,
+    pub requests: u64,
+}
+
+/// The longest wait a 429 may impose within a pass.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Follow at most this many `paging.next` links per query.
+const MAX_PAGES: usize = 200;
+
+enum Auth {
+    Basic(String, String),
+    Bearer(String),
+    Header(&'static str, String),
+    Headers(Vec<(String, String)>),
+}
+
+struct Client {
+    http: reqwest::Client,
+    name: String,
+    auth: Auth,
+    interval: Duration,
+    next_slot: tokio::sync::Mutex<tokio::time::Instant>,
+    retries: u32,
+    broken: Mutex<Option<String>>,
+    requests: AtomicU64,
+}
+
+/// Percent-encode one URL path segment or query value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1u64 << attempt.min(6)))
+}
+
+/// How long a 429 asks us to wait: `Retry-After` (seconds or date), else
+/// `X-RateLimit-Reset` (unix seconds).
+fn wait_hint(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let now = chrono::Utc::now();
+    if let Some(v) = h
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(d) = super::queue::http::retry_after(v, now) {
+            return Some(d);
+        }
+    }
+    let reset = h
+        .get("x-ratelimit-reset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())?;
+    Some(Duration::from_secs((reset - now.timestamp()).max(0) as u64).min(MAX_WAIT))
+}
+
+impl Client {
+    fn new(name: &str, cfg: &ProviderConfig, auth: Auth) -> Result<Client, String> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .user_agent(concat!("sweeper/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let rps = if cfg.rate_limit > 0.0 {
+            cfg.rate_limit
+        } else {
+            1000.0
+        };
+        Ok(Client {
+            http,
+            name: name.to_string(),
+            auth,
+            interval: Duration::from_secs_f64(1.0 / rps),
+            next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            retries: cfg.retries,
+            broken: Mutex::new(None),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// Wait for this request's slot under the rate limit.
+    async fn wait_turn(&self) {
+        let slot = {
+            let mut next = self.next_slot.lock().await;
+            let now = tokio::time::Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    fn broken(&self) -> Option<String> {
+        self.broken.lock().expect("breaker lock").clone()
+    }
+
+    fn trip(&self, why: &str) {
+        let mut b = self.broken.lock().expect("breaker lock");
+        if b.is_none() {
+            *b = Some(why.to_string());
+        }
+    }
+
+    /// GET a JSON document. `Ok(None)` when the provider says it does not
+    /// know the thing (404, Postmark's 422 ErrorCode 701).
+    async fn get(&self, url: &str) -> Result<Option<Value>, String> {
+        if let Some(why) = self.broken() {
+            return Err(format!(
+                "{}: not asked: the source failed earlier in this pass ({why})",
+                self.name
+            ));
+        }
+        let mut attempt = 0u32;
+        loop {
+            self.wait_turn().await;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mut req = self.http.get(url).header("Accept", "application/json");
+            req = match &self.auth {
+                Auth::Basic(u, p) => req.basic_auth(u, Some(p)),
+                Auth::Bearer(t) => req.bearer_auth(t),
+                Auth::Header(k, v) => req.header(*k, v),
+                Auth::Headers(hs) => hs.iter().fold(req, |r, (k, v)| r.header(k, v)),
+            };
+            let (retry, wait, why) = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let hint = wait_hint(resp.headers());
+                    let body = resp.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return serde_json::from_str(&body).map(Some).map_err(|e| {
+                            let why = format!("{}: malformed JSON from {url}: {e}", self.name);
+                            self.trip(&why);
+                            why
+                        });
+                    }
+                    let postmark_701 = status.as_u16() == 422
+                        && serde_json::from_str::<Value>(&body)
+                            .ok()
+                            .and_then(|v| v.get("ErrorCode").and_then(Value::as_i64))
+                            == Some(701);
+                    let not_found = status.as_u16() == 404 || postmark_701;
+                    if not_found {
+                        return Ok(None);
+                    }
+                    let short: String = body.chars().take(200).collect();
+                    let why = format!("{}: HTTP {status} from {url}: {short}", self.name);
+                    let retry = status.is_server_error() || status.as_u16() == 429;
+                    (retry, hint, why)
+                }
+                Err(e) => {
+                    let kind = if e.is_timeout() {
+                        "timed out"
+                    } else {
+                        "request failed"
+                    };
+                    (true, None, format!("{}: {kind}: {url}: {e}", self.name))
+                }
+            };
+            if !retry || attempt >= self.retries {
+                self.trip(&why);
+                return Err(why);
+            }
+            tokio::time::sleep(wait.unwrap_or_else(|| backoff(attempt)).min(MAX_WAIT)).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Run `f` over `items`, at most `n` at a time, keeping order.
+async fn bounded<'a, T, F, Fut, R>(items: &'a [T], n: usize, f: F) -> Vec<R>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: std::future::Future<Output = R>,
+{
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(n.max(1)) {
+        let futs: Vec<_> = chunk.iter().map(&f).collect();
+        out.extend(join_all(futs).await);
+    }
+    out
+}
+
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("finished")).collect()
+}
+
+/// Follow Mailgun paging from `url` until a page has no items.
+async fn mailgun_pages(c: &Client, url: String) -> Result<Vec<ProviderEvent>, String> {
+    let mut events = Vec::new();
+    let mut next = Some(url);
+    let mut pages = 0;
+    while let Some(u) = next.take() {
+        pages += 1;
+        if pages > MAX_PAGES {
+            return Err(format!(
+                "{}: more than {MAX_PAGES} pages; narrow the window",
+                c.name
+            ));
+        }
+        let Some(doc) = c.get(&u).await? else { break };
+        let (mut page, n) = provider::mailgun_page(&doc).map_err(|e| format!("{}: {e}", c.name))?;
+        events.append(&mut page);
+        next = n;
+    }
+    Ok(events)
+}
+
+fn epoch(t: Timestamp) -> i64 {
+    t.timestamp()
+}
+
+/// Ask the source about `rows`.
+pub async fn fetch(
+    name: &str,
+    cfg: &ProviderConfig,
+    rows: &[WantedRow],
+    keep_text: bool,
+) -> ProviderScan {
+    let mut scan = ProviderScan {
+        store: TraceStore::new(keep_text),
+        ..Default::default()
+    };
+    if rows.is_empty() {
+        return scan;
+    }
+    let base = cfg.base_url.trim_end_matches('/').to_string();
+    let auth = match &cfg.api {
+        ProviderApi::Mailgun { api_key, .. } => Auth::Basic("api".into(), api_key.clone()),
+        ProviderApi::Sendgrid { api_key } => Auth::Bearer(api_key.clone()),
+        ProviderApi::Postmark { token } => Auth::Header("X-Postmark-Server-Token", token.clone()),
+        ProviderApi::Http { headers, .. } => Auth::Headers(
+            headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+    };
+    let client = match Client::new(name, cfg, auth) {
+        Ok(c) => c,
+        Err(e) => {
+            for r in rows {
+                scan.failed.insert(r.key.clone(), e.clone());
+            }
+            return scan;
+        }
+    };
+    let wanted: HashSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let conc = cfg.concurrency.max(1) as usize;
+    let mut events: Vec<ProviderEvent> = Vec::new();
+    match &cfg.api {
+        ProviderApi::Mailgun { domain, .. } => {
+            let url = |extra: String| {
+                format!(
+                    "{base}/v3/{}/events?{extra}ascending=yes&limit=300",
+                    encode(domain)
+                )
+            };
+            if rows.len() > cfg.time_range_above {
+                // One time-range scan, matched locally.
+                let begin = rows.iter().map(|r| r.since).min().map(epoch).unwrap_or(0);
+                match mailgun_pages(&client, url(format!("begin={begin}&"))).await {
+                    Ok(ev) => {
+                        events.extend(ev.into_iter().filter(|e| wanted.contains(e.key.as_str())))
+                    }
+                    Err(e) => {
+                        for r in rows {
+                            scan.failed.insert(r.key.clone(), e.clone());
+                        }
+                    }
+                }
+            } else {
+                let results = bounded(rows, conc, |r| {
+                    let u = url(format!(
+                        "message-id={}&begin={}&",
+                        encode(&r.key),
+                        epoch(r.since)
+                    ));
+                    let client = &client;
+                    async move { (r.key.clone(), mailgun_pages(client, u).await) }
+                })
+                .await;
+                for (key, res) in results {
+                    match res {
+                        Ok(ev) => events.extend(ev.into_iter().filter(|e| e.key == key)),
+                        Err(e) => {
+                            scan.failed.insert(key, e);
+                        }
+                    }
+                }
+            }
+        }
+        ProviderApi::Sendgrid { .. } => {
+            let batches: Vec<Vec<String>> = rows
+                .chunks(10)
+                .map(|c| c.iter().map(|r| r.key.clone()).collect())
+                .collect();
+            let results = bounded(&batches, conc, |keys| {
+                let client = &client;
+                let base = &base;
+                async move {
+                    if let Some(bad) = keys.iter().find(|k| k.contains('\'') || k.contains('%')) {
+                        return (
+                            keys.clone(),
+                            Err(format!("sendgrid: cannot query msg_id {bad:?}")),
+                        );
+                    }
+                    let query = keys
+                        .iter()
+                        .map(|k| format!("msg_id LIKE '{k}%'"))
+                        .collect::<Vec<_>>()
+                        .join(" OR ");
+                    let u = format!("{base}/v3/messages?limit=1000&query={}", encode(&query));
+                    let res = match client.get(&u).await {
+                        Ok(Some(doc)) => provider::sendgrid_messages(&doc, keys),
+                        Ok(None) => Ok(Vec::new()),
+                        Err(e) => Err(e),
+                    };
+                    (keys.clone(), res)
+                }
+            })
+            .await;
+            for (keys, res) in results {
+                match res {
+                    Ok(ev) => events.extend(ev),
+                    Err(e) => {
+                        for k in keys {
+                            scan.failed.insert(k, e.clone());
+                        }
+                    }
+                }
+            }
+        }
+        ProviderApi::Postmark { .. } => {
+            let results = bounded(rows, conc, |r| {
+                let client = &client;
+                let base = &base;
+                async move {
+                    let u = format!("{base}/messages/outbound/{}/details", encode(&r.key));
+                    let doc = match client.get(&u).await {
+                        Ok(Some(d)) => d,
+                        Ok(None) => return (r.key.clone(), Ok(Vec::new())),
+                        Err(e) => return (r.key.clone(), Err(e)),
+                    };
+                    let (mut ev, bounces) = provider::postmark_details(&doc, &r.key);
+                    for (id, rcpt, at) in bounces {
+                        let u = format!("{base}/bounces/{}", encode(&id));
+                        match client.get(&u).await {
+                            Ok(Some(b)) => {
+                                let (kind, detail) = provider::postmark_bounce(&b);
+                                ev.push(ProviderEvent {
+                                    key: r.key.clone(),
+                                    recipient: rcpt,
+                                    kind,
+                                    at,
+                                    reference: format!("postmark bounce {id}"),
+                                    detail,
+                                });
+                            }
+                            // A bounce we cannot read: no verdict for it.
+                            Ok(None) => ev.push(ProviderEvent {
+                                key: r.key.clone(),
+                                recipient: rcpt,
+                                kind: EventKind::Deferred,
+                                at,
+                                reference: format!("postmark bounce {id}"),
+                                detail: "bounce record not found".into(),
+                            }),
+                            Err(e) => return (r.key.clone(), Err(e)),
+                        }
+                    }
+                    (r.key.clone(), Ok(ev))
+                }
+            })
+            .await;
+            for (key, res) in results {
+                match res {
+                    Ok(ev) => events.extend(ev),
+                    Err(e) => {
+                        scan.failed.insert(key, e);
+                    }
+                }
+            }
+        }
+        ProviderApi::Http {
+            url,
+            status,
+            events: events_ptr,
+            recipient,
+            statuses,
+            ..
+        } => {
+            let results = bounded(rows, conc, |r| {
+                let client = &client;
+                async move {
+                    let mut u = url.replace("{key}", &encode(&r.key));
+                    for (col, val) in &r.fields {
+                        u = u.replace(&format!("{{{col}}}"), &encode(val));
+                    }
+                    let res = match client.get(&u).await {
+                        Ok(Some(doc)) => provider::generic(
+                            &doc,
+                            &r.key,
+                            events_ptr.as_deref(),
+                            status,
+                            recipient.as_deref(),
+                            statuses,
+                        )
+                        .map_err(|e| format!("{name}: {u}: {e}")),
+                        Ok(None) => Ok(Vec::new()),
+                        Err(e) => Err(e),
+                    };
+                    (r.key.clone(), res)
+                }
+            })
+            .await;
+            for (key, res) in results {
+                match res {
+                    Ok(ev) => events.extend(ev),
+                    Err(e) => {
+                        scan.failed.insert(key, e);
+                    }
+                }
+            }
+        }
+    }
+    for e in &mut events {
+        e.key = normalize_key(&e.key).to_string();
+    }
+    provider::record(&mut scan.store, &mut events, &mut scan.refs);
+    scan.requests = client.requests.load(Ordering::Relaxed);
+    scan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_url_parts() {
+        assert_eq!(encode("a@b.c"), "a%40b.c");
+        assert_eq!(encode("msg_id LIKE 'x%'"), "msg_id%20LIKE%20%27x%25%27");
+        assert_eq!(encode("7c3f-9a21_~."), "7c3f-9a21_~.");
+    }
+}
