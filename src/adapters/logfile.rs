@@ -352,6 +352,26 @@ mod tests {
     }
 
     #[test]
+    fn multi_member_gzip_is_read_whole() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mail.log.3.gz");
+        let mut bytes = Vec::new();
+        for part in ["first\nsec", "ond\nthird\n"] {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(part.as_bytes()).unwrap();
+            bytes.extend(e.finish().unwrap());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let mut c = Collect(vec![]);
+        let mut store = TraceStore::default();
+        let stats = scan_files("t", &[path], &mut c, &mut store).unwrap();
+        assert_eq!(stats.lines, 3);
+        let lines: Vec<&[u8]> = c.0.iter().map(|(_, l)| l.as_slice()).collect();
+        assert_eq!(lines, vec![&b"first"[..], &b"second"[..], &b"third"[..]]);
+    }
+
+    #[test]
     fn an_over_long_line_is_cut_not_fatal() {
         let mut data = vec![b'x'; CHUNK * 2 + 10];
         data.extend_from_slice(b"\nafter\n");

@@ -303,6 +303,43 @@ mod tests {
     }
 
     #[test]
+    fn a_message_across_new_year_is_joined_and_dated_right() {
+        // Read on Jan 1st: the message was queued on Dec 31st and delivered
+        // after midnight; syslog timestamps carry no year.
+        let now = chrono::DateTime::parse_from_rfc3339("2027-01-01T00:30:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let filter = KeyFilter::Wanted(["ny@a".to_string()].into());
+        let mut p = PostfixParser::new(filter, TimestampParser::utc(now));
+        let mut store = TraceStore::new(false);
+        let lines = [
+            "Dec 31 23:59:58 mail postfix/cleanup[1]: 9A8B7C6D5E: message-id=<ny@a>",
+            "Dec 31 23:59:59 mail postfix/qmgr[2]: 9A8B7C6D5E: from=<n@a>, size=1, nrcpt=1 (queue active)",
+            "Jan  1 00:00:04 mail postfix/smtp[3]: 9A8B7C6D5E: to=<r@d>, relay=x, delay=6, delays=0/0/3/3, dsn=2.0.0, status=sent (250 ok)",
+        ];
+        for (i, l) in lines.iter().enumerate() {
+            let at = LineRef {
+                file: 0,
+                line: i as u64,
+            };
+            p.feed(l.as_bytes(), at, &mut store);
+        }
+        let row_changed = chrono::DateTime::parse_from_rfc3339("2026-12-31T23:59:50Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let v = store.verdict("ny@a", Some(row_changed));
+        assert_eq!(v.verdict, Verdict::Delivered);
+        assert_eq!(
+            v.instances[0].first_seen,
+            Some(
+                chrono::DateTime::parse_from_rfc3339("2026-12-31T23:59:58Z")
+                    .unwrap()
+                    .with_timezone(&chrono::Utc)
+            )
+        );
+    }
+
+    #[test]
     fn queue_id_shapes() {
         for (id, ok) in [
             ("ED054C8803", true),
