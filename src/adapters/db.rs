@@ -51,6 +51,12 @@ pub enum DbError {
     },
     #[error("database {db}: the ledger table {table} does not exist yet; run `sweeper migrate` or a real pass to create it")]
     NoLedger { db: String, table: String },
+    #[error("database {db}: cannot use the sweep lock file {path}: {error}")]
+    Lock {
+        db: String,
+        path: String,
+        error: String,
+    },
 }
 
 /// A connected database.
@@ -60,6 +66,8 @@ pub struct Db {
     pub dialect: Dialect,
     pool: AnyPool,
     ledger: Ident,
+    url: String,
+    connect_timeout: std::time::Duration,
 }
 
 /// How the timestamp column stores time.
@@ -126,34 +134,49 @@ pub enum Target {
     Error,
 }
 
-/// A held advisory lock; call `release`. Dropped without release, its
-/// connection is closed, which releases the lock on the server.
-pub struct LockGuard {
-    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
-    key: i64,
+/// A held sweep lock; call `release`.
+///
+/// Postgres: a session advisory lock on a connection of its own, outside
+/// the pool (so locks never starve the pool, and a lock can never go back
+/// into it); dropped without release, the connection closes, which
+/// releases the lock on the server. SQLite: an exclusive lock on a file
+/// next to the database, released when the file is closed.
+pub enum LockGuard {
+    Postgres {
+        conn: Option<sqlx::AnyConnection>,
+        key: i64,
+    },
+    File(std::fs::File),
+    /// An in-memory SQLite database: nothing to share.
+    None,
 }
 
 impl LockGuard {
-    pub async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let ok = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .execute(&mut *conn)
-                .await
-                .is_ok();
-            if !ok {
-                drop(conn.detach());
-            }
+    pub async fn release(self) {
+        if let LockGuard::Postgres {
+            conn: Some(mut conn),
+            key,
+        } = self
+        {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .execute(&mut conn)
+                .await;
+            let _ = sqlx::Connection::close(conn).await;
         }
     }
 }
 
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            drop(conn.detach());
-        }
+/// The file path of a `sqlite:` URL (`None` for in-memory databases).
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" || rest.contains("mode=memory") {
+        return None;
     }
+    Some(std::path::PathBuf::from(path))
 }
 
 fn ph(dialect: Dialect, n: usize) -> String {
@@ -192,6 +215,8 @@ impl Db {
             dialect: cfg.dialect,
             pool,
             ledger: cfg.ledger_table.clone(),
+            url: cfg.url.clone(),
+            connect_timeout: cfg.connect_timeout,
         })
     }
 
@@ -605,7 +630,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await
                 .map_err(self.err(format!("updating {} {}", t.table, c.row.key)))?;
-            applied.push(res.rows_affected() == 1);
+            applied.push(res.rows_affected() > 0);
         }
         tx.commit().await.map_err(self.err("committing updates"))?;
         Ok(applied)
@@ -765,26 +790,97 @@ impl Db {
     /// by sweep name and table (`None` when another instance holds it).
     /// SQLite is single-host: no lock.
     pub async fn try_lock(&self, t: &SweepTable) -> Result<Option<LockGuard>, DbError> {
+        let name = format!("{}:{}", t.sweep, t.table);
         match self.dialect {
-            Dialect::Sqlite => Ok(Some(LockGuard { conn: None, key: 0 })),
+            Dialect::Sqlite => {
+                let Some(db) = sqlite_path(&self.url) else {
+                    return Ok(Some(LockGuard::None));
+                };
+                let file = format!(
+                    "{}.sweeper-{:016x}.lock",
+                    db.display(),
+                    lock_key(&name) as u64
+                );
+                let io = |e: std::io::Error| DbError::Lock {
+                    db: self.name.clone(),
+                    path: file.clone(),
+                    error: e.to_string(),
+                };
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&file)
+                    .map_err(io)?;
+                match f.try_lock() {
+                    Ok(()) => Ok(Some(LockGuard::File(f))),
+                    Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                    Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+                }
+            }
             Dialect::Postgres => {
-                let key = lock_key(&format!("{}:{}", t.sweep, t.table));
-                let mut conn = self
-                    .pool
-                    .acquire()
-                    .await
-                    .map_err(self.err("taking the sweep lock"))?;
+                use sqlx::Connection as _;
+                let key = lock_key(&name);
+                let mut conn = tokio::time::timeout(
+                    self.connect_timeout,
+                    sqlx::AnyConnection::connect(&self.url),
+                )
+                .await
+                .map_err(|_| DbError::Query {
+                    db: self.name.clone(),
+                    context: "taking the sweep lock".into(),
+                    source: sqlx::Error::PoolTimedOut,
+                })?
+                .map_err(self.err("taking the sweep lock"))?;
                 let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                     .bind(key)
-                    .fetch_one(&mut *conn)
+                    .fetch_one(&mut conn)
                     .await
                     .map_err(self.err("taking the sweep lock"))?;
-                Ok(got.then_some(LockGuard {
-                    conn: Some(conn),
-                    key,
-                }))
+                if got {
+                    Ok(Some(LockGuard::Postgres {
+                        conn: Some(conn),
+                        key,
+                    }))
+                } else {
+                    let _ = conn.close().await;
+                    Ok(None)
+                }
             }
         }
+    }
+
+    /// Whether the key column is a primary key or has a single-column
+    /// unique index (keyset pages and guarded writes assume it is).
+    pub async fn key_is_unique(&self, table: &Ident, key: &Ident) -> Result<bool, DbError> {
+        let unique = match self.dialect {
+            Dialect::Postgres => {
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
+                 ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1 \
+                 AND a.attname = $2)",
+                )
+                .bind(table.quoted())
+                .bind(key.name().to_string())
+                .fetch_one(&self.pool)
+                .await
+            }
+            Dialect::Sqlite => sqlx::query_scalar::<_, i64>(
+                "SELECT ((SELECT count(*) FROM pragma_table_info(?1) WHERE pk > 0) = 1 \
+                   AND (SELECT pk FROM pragma_table_info(?1) WHERE name = ?2) = 1) \
+                 OR EXISTS (SELECT 1 FROM pragma_index_list(?1) il \
+                   WHERE il.\"unique\" = 1 \
+                   AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1 \
+                   AND (SELECT name FROM pragma_index_info(il.name)) = ?2)",
+            )
+            .bind(table.name().to_string())
+            .bind(key.name().to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map(|n| n != 0),
+        };
+        unique.map_err(self.err(format!("looking for a unique index on {table}.{key}")))
     }
 
     /// Run a trivial query (for `check` and `/readyz`).
@@ -963,6 +1059,25 @@ impl SweepTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_paths_from_urls() {
+        let table = [
+            ("sqlite:///var/lib/app.db", Some("/var/lib/app.db")),
+            ("sqlite://app.db?mode=rwc", Some("app.db")),
+            ("sqlite:app.db", Some("app.db")),
+            ("sqlite::memory:", None),
+            ("sqlite://:memory:", None),
+            ("sqlite://file.db?mode=memory", None),
+        ];
+        for (url, want) in table {
+            assert_eq!(
+                sqlite_path(url),
+                want.map(std::path::PathBuf::from),
+                "{url}"
+            );
+        }
+    }
 
     #[test]
     fn lock_keys_are_stable_and_distinct() {

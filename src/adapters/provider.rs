@@ -147,9 +147,11 @@ impl Client {
         }
     }
 
-    /// GET a JSON document. `Ok(None)` when the provider says it does not
-    /// know the thing (404, Postmark's 422 ErrorCode 701).
-    async fn get(&self, url: &str) -> Result<Option<Value>, String> {
+    /// GET a JSON document. With `per_item` (an endpoint about one message),
+    /// `Ok(None)` when the provider says it does not know it (404,
+    /// Postmark's 422 ErrorCode 701). On list and search endpoints a 404
+    /// means a wrong domain, region or URL: an error, never "no events".
+    async fn get(&self, url: &str, per_item: bool) -> Result<Option<Value>, String> {
         if let Some(why) = self.broken() {
             return Err(format!(
                 "{}: not asked: the source failed earlier in this pass ({why})",
@@ -185,7 +187,7 @@ impl Client {
                             .and_then(|v| v.get("ErrorCode").and_then(Value::as_i64))
                             == Some(701);
                     let not_found = status.as_u16() == 404 || postmark_701;
-                    if not_found {
+                    if not_found && per_item {
                         return Ok(None);
                     }
                     let short: String = body.chars().take(200).collect();
@@ -262,7 +264,9 @@ async fn mailgun_pages(c: &Client, url: String) -> Result<Vec<ProviderEvent>, St
                 c.name
             ));
         }
-        let Some(doc) = c.get(&u).await? else { break };
+        let Some(doc) = c.get(&u, false).await? else {
+            break;
+        };
         let (mut page, n) = provider::mailgun_page(&doc).map_err(|e| format!("{}: {e}", c.name))?;
         events.append(&mut page);
         next = n;
@@ -375,7 +379,7 @@ pub async fn fetch(
                         .collect::<Vec<_>>()
                         .join(" OR ");
                     let u = format!("{base}/v3/messages?limit=1000&query={}", encode(&query));
-                    let res = match client.get(&u).await {
+                    let res = match client.get(&u, false).await {
                         Ok(Some(doc)) => provider::sendgrid_messages(&doc, keys),
                         Ok(None) => Ok(Vec::new()),
                         Err(e) => Err(e),
@@ -401,7 +405,7 @@ pub async fn fetch(
                 let base = &base;
                 async move {
                     let u = format!("{base}/messages/outbound/{}/details", encode(&r.key));
-                    let doc = match client.get(&u).await {
+                    let doc = match client.get(&u, true).await {
                         Ok(Some(d)) => d,
                         Ok(None) => return (r.key.clone(), Ok(Vec::new())),
                         Err(e) => return (r.key.clone(), Err(e)),
@@ -409,7 +413,7 @@ pub async fn fetch(
                     let (mut ev, bounces) = provider::postmark_details(&doc, &r.key);
                     for (id, rcpt, at) in bounces {
                         let u = format!("{base}/bounces/{}", encode(&id));
-                        match client.get(&u).await {
+                        match client.get(&u, true).await {
                             Ok(Some(b)) => {
                                 let (kind, detail) = provider::postmark_bounce(&b);
                                 ev.push(ProviderEvent {
@@ -461,7 +465,7 @@ pub async fn fetch(
                     for (col, val) in &r.fields {
                         u = u.replace(&format!("{{{col}}}"), &encode(val));
                     }
-                    let res = match client.get(&u).await {
+                    let res = match client.get(&u, true).await {
                         Ok(Some(doc)) => provider::generic(
                             &doc,
                             &r.key,

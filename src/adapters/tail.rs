@@ -10,10 +10,11 @@
 //!   file keeps its inode, so its cursor continues where it stopped; the new
 //!   file is read from the start;
 //! - copytruncate: a file shorter than its cursor was truncated and is read
-//!   from the start; the copy (a new inode with the same first bytes as a
-//!   file already read) continues from that file's cursor;
+//!   from the start (messages in flight stay tracked); the copy (a new inode
+//!   with the same first bytes as a file already read) continues from that
+//!   file's cursor;
 //! - compressed rotations (`mail.log.2.gz`) whose head matches a file
-//!   already read are not read again;
+//!   already read are read only past what was read of that file, once;
 //! - only complete lines are consumed: a line being written is read next
 //!   time.
 
@@ -39,6 +40,8 @@ struct Cursor {
     /// Index into `names` (LineRef.file).
     index: u32,
     head: Vec<u8>,
+    /// A compressed file read to its end (it does not grow).
+    finished: bool,
 }
 
 /// A log source read incrementally across passes.
@@ -134,15 +137,16 @@ impl Tailer {
             let head = head_of(&path).map_err(read_err)?;
             let mut cursor = match self.cursors.remove(&id) {
                 Some(mut c) if !gz => {
-                    let truncated = meta.len() < c.offset || !head.starts_with(&c.head);
-                    if truncated {
-                        self.parser.reset_in_flight();
+                    // Truncated in place (copytruncate) or rewritten: the same
+                    // stream continues from the start of the file; messages
+                    // in flight stay tracked.
+                    if meta.len() < c.offset || !head.starts_with(&c.head) {
                         c.offset = 0;
                         c.line = 1;
                     }
                     c
                 }
-                Some(c) => c, // a compressed file does not grow
+                Some(c) => c,
                 None => {
                     let index = self.names.len() as u32;
                     self.names.push(path.clone());
@@ -151,23 +155,26 @@ impl Tailer {
                         line: 1,
                         index,
                         head: head.clone(),
+                        finished: false,
                     };
                     if self.primed {
                         if let Some(done) = self.known_head(&head) {
-                            // A copy or a compressed rotation of a file already read.
-                            c.offset = if gz { u64::MAX } else { done };
+                            // A copy or a compressed rotation of a file read
+                            // up to `done`: read only what came after.
+                            c.offset = done;
                         }
                     }
                     c
                 }
             };
-            if !(gz && cursor.offset == u64::MAX) {
+            if !cursor.finished {
                 let consumed = self.read_from(&path, gz, &mut cursor).map_err(read_err)?;
                 polled.bytes += consumed.0;
                 polled.lines += consumed.1;
                 if consumed.0 > 0 {
                     polled.files += 1;
                 }
+                cursor.finished = gz;
             }
             if cursor.head.len() < HEAD {
                 cursor.head = head;
@@ -319,6 +326,47 @@ mod tests {
         std::fs::remove_file(dir.path().join("mail.log.1")).unwrap();
         assert_eq!(t.poll(now()).unwrap().lines, 0);
         assert_eq!(t.store.instances("one@x", None).len(), 1);
+    }
+
+    #[test]
+    fn a_compressed_rotation_is_read_past_what_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        append(&log, &msg("AAAA000001", "one@x", "sent"));
+        let mut t = Tailer::new("t", &cfg(dir.path()), now());
+        t.poll(now()).unwrap();
+        // More lines, then rotate and compress before the next poll
+        // (logrotate `compress` without `delaycompress`).
+        append(&log, &msg("DDDD000004", "four@x", "sent"));
+        let data = std::fs::read(&log).unwrap();
+        let gz = dir.path().join("mail.log.1.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
+        enc.write_all(&data).unwrap();
+        enc.finish().unwrap();
+        std::fs::remove_file(&log).unwrap();
+        append(
+            &log,
+            "Nov 28 10:00:09 mail postfix/qmgr[2]: DDDD000004: removed\n",
+        );
+        let p = t.poll(now()).unwrap();
+        assert_eq!(
+            p.lines, 4,
+            "the unread tail of the compressed file and the new line"
+        );
+        assert_eq!(t.store.verdict("four@x", None).verdict, Verdict::Delivered);
+        assert_eq!(
+            t.store.instances("one@x", None).len(),
+            1,
+            "nothing read twice"
+        );
+        assert_eq!(
+            t.poll(now()).unwrap().lines,
+            0,
+            "a finished .gz is not read again"
+        );
     }
 
     #[test]

@@ -797,7 +797,7 @@ fn provider_source(
             "failed",
         ],
     };
-    let given: [(&str, bool); 13] = [
+    let given: [(&str, bool); 12] = [
         ("domain", raw.domain.is_some()),
         ("api_key", raw.api_key.is_some()),
         ("token", raw.token.is_some()),
@@ -810,7 +810,6 @@ fn provider_source(
         ("sent", raw.sent.is_some()),
         ("failed", raw.failed.is_some()),
         ("time_range_above", raw.time_range_above.is_some()),
-        ("kind", false),
     ];
     for (k, present) in given {
         if present && !allowed.contains(&k) {
@@ -825,7 +824,7 @@ fn provider_source(
                 None
             }
             None => {
-                p.push(path, format!("kind {kind} needs `{k}`"));
+                p.push(sub(k), format!("kind {kind} needs `{k}`"));
                 None
             }
         }
@@ -840,81 +839,28 @@ fn provider_source(
         "postmark" => ("https://api.postmarkapp.com", 5.0, Some(45 * 86_400), 300),
         _ => ("", 5.0, None, 0),
     };
-    let api = match kind {
-        "mailgun" => ProviderApi::Mailgun {
-            domain: required(p, "domain", &raw.domain)?,
-            api_key: required(p, "api_key", &raw.api_key)?,
-        },
-        "sendgrid" => ProviderApi::Sendgrid {
-            api_key: required(p, "api_key", &raw.api_key)?,
-        },
-        "postmark" => ProviderApi::Postmark {
-            token: required(p, "token", &raw.token)?,
-        },
-        _ => {
-            let url = required(p, "url", &raw.url)?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                p.push(
-                    sub("url"),
-                    format!("invalid url {url:?}: expected http:// or https://"),
-                );
-            }
-            let mut columns = Vec::new();
-            let mut rest = url.as_str();
-            while let Some(i) = rest.find('{') {
-                let after = &rest[i + 1..];
-                let Some(j) = after.find('}') else { break };
-                let name = &after[..j];
-                if name != "key" {
-                    match Ident::parse(name, false) {
-                        Ok(c) => {
-                            if !columns.contains(&c) {
-                                columns.push(c);
-                            }
-                        }
-                        Err(e) => p.push(sub("url"), format!("placeholder {{{name}}}: {e}")),
-                    }
-                }
-                rest = &after[j + 1..];
-            }
-            let status = required(p, "status_pointer", &raw.status_pointer)
-                .and_then(|s| p.check(&sub("status_pointer"), pointer(&s)));
-            let events = raw
-                .events_pointer
-                .as_ref()
-                .and_then(|s| p.check(&sub("events_pointer"), pointer(s)));
-            let recipient = raw
-                .recipient_pointer
-                .as_ref()
-                .and_then(|s| p.check(&sub("recipient_pointer"), pointer(s)));
-            let sent = raw.sent.clone().unwrap_or_default();
-            if sent.is_empty() {
-                p.push(
-                    sub("sent"),
-                    "list the status values that mean delivered, e.g. sent: [delivered]",
-                );
-            }
-            ProviderApi::Http {
-                url,
-                headers: raw.headers.clone().unwrap_or_default(),
-                status: status?,
-                events,
-                recipient,
-                statuses: StatusMap {
-                    sent,
-                    failed: raw.failed.clone().unwrap_or_default(),
-                },
-                columns,
-            }
+    // Every field is checked before anything is returned, so all problems
+    // are reported together.
+    let api: Option<ProviderApi> = match kind {
+        "mailgun" => {
+            let domain = required(p, "domain", &raw.domain);
+            let api_key = required(p, "api_key", &raw.api_key);
+            domain
+                .zip(api_key)
+                .map(|(domain, api_key)| ProviderApi::Mailgun { domain, api_key })
         }
+        "sendgrid" => {
+            required(p, "api_key", &raw.api_key).map(|api_key| ProviderApi::Sendgrid { api_key })
+        }
+        "postmark" => required(p, "token", &raw.token).map(|token| ProviderApi::Postmark { token }),
+        _ => http_status_api(p, path, &raw, &required),
     };
     let base_url = raw
         .base_url
         .clone()
         .unwrap_or_else(|| default_base.to_string());
-    let is_http = matches!(api, ProviderApi::Http { .. });
     let base_ok = base_url.starts_with("http://") || base_url.starts_with("https://");
-    if !is_http && !base_ok {
+    if kind != "http" && !base_ok {
         p.push(
             sub("base_url"),
             format!("invalid base_url {base_url:?}: expected http:// or https://"),
@@ -940,28 +886,94 @@ fn provider_source(
         Duration::from_secs(10),
     );
     let retention = match &raw.retention {
-        Some(r) => Some(p.check(&sub("retention"), positive_duration(r))?),
-        None => default_retention.map(Duration::from_secs),
+        Some(r) => p.check(&sub("retention"), positive_duration(r)).map(Some),
+        None => Some(default_retention.map(Duration::from_secs)),
     };
     let visibility_lag = match &raw.visibility_lag {
-        Some(r) => p.check(&sub("visibility_lag"), parse_duration(r))?,
-        None => Duration::from_secs(default_lag),
+        Some(r) => p.check(&sub("visibility_lag"), parse_duration(r)),
+        None => Some(Duration::from_secs(default_lag)),
     };
     let slack = match &raw.slack {
-        Some(r) => p.check(&sub("slack"), parse_duration(r))?,
-        None => Duration::from_secs(600),
+        Some(r) => p.check(&sub("slack"), parse_duration(r)),
+        None => Some(Duration::from_secs(600)),
     };
     Some(ProviderConfig {
-        api,
+        api: api?,
         base_url,
         rate_limit,
         concurrency,
         timeout: timeout?,
         retries: raw.retries.unwrap_or(2),
-        retention,
-        visibility_lag,
-        slack,
+        retention: retention?,
+        visibility_lag: visibility_lag?,
+        slack: slack?,
         time_range_above: raw.time_range_above.unwrap_or(20),
+    })
+}
+
+/// Reads a required option, recording a problem when it is missing.
+type Required<'a> = dyn Fn(&mut Problems, &str, &Option<String>) -> Option<String> + 'a;
+
+/// `kind: http` evidence: URL template, pointers, status value lists.
+fn http_status_api(
+    p: &mut Problems,
+    path: &str,
+    raw: &RawProvider,
+    required: &Required<'_>,
+) -> Option<ProviderApi> {
+    let sub = |k: &str| yaml::join(path, k);
+    let url = required(p, "url", &raw.url);
+    let mut columns = Vec::new();
+    if let Some(url) = &url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            p.push(
+                sub("url"),
+                format!("invalid url {url:?}: expected http:// or https://"),
+            );
+        }
+        let mut rest = url.as_str();
+        while let Some(i) = rest.find('{') {
+            let after = &rest[i + 1..];
+            let Some(j) = after.find('}') else { break };
+            let name = &after[..j];
+            if name != "key" {
+                match Ident::parse(name, false) {
+                    Ok(c) if !columns.contains(&c) => columns.push(c),
+                    Ok(_) => {}
+                    Err(e) => p.push(sub("url"), format!("placeholder {{{name}}}: {e}")),
+                }
+            }
+            rest = &after[j + 1..];
+        }
+    }
+    let status = required(p, "status_pointer", &raw.status_pointer)
+        .and_then(|s| p.check(&sub("status_pointer"), pointer(&s)));
+    let events = raw
+        .events_pointer
+        .as_ref()
+        .and_then(|s| p.check(&sub("events_pointer"), pointer(s)));
+    let recipient = raw
+        .recipient_pointer
+        .as_ref()
+        .and_then(|s| p.check(&sub("recipient_pointer"), pointer(s)));
+    let sent = raw.sent.clone().unwrap_or_default();
+    if sent.is_empty() {
+        p.push(
+            sub("sent"),
+            "list the status values that mean delivered, e.g. sent: [delivered]",
+        );
+    }
+    url.zip(status).map(|(url, status)| ProviderApi::Http {
+        url,
+        headers: raw.headers.clone().unwrap_or_default(),
+        status,
+        events,
+        recipient,
+        statuses: StatusMap {
+            sent,
+            failed: raw.failed.clone().unwrap_or_default(),
+        },
+        columns,
     })
 }
 

@@ -63,6 +63,16 @@ pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
                             ""
                         }
                     );
+                    match db.key_is_unique(&sweep.table, &sweep.key).await {
+                        Ok(true) => {}
+                        Ok(false) => println!(
+                            "WARN  sweep {}: key column {} is neither a primary key nor uniquely indexed; \
+                             sweeper pages and guards writes by it, so rows sharing a key may be skipped \
+                             or updated together",
+                            sweep.name, sweep.key
+                        ),
+                        Err(e) => println!("WARN  sweep {}: {e}", sweep.name),
+                    }
                     println!(
                         "      recommended index: {}",
                         Db::recommended_index(sweep, dcfg.dialect)

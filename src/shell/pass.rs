@@ -678,20 +678,27 @@ async fn poll_tailers(
     collected: &[Collected<'_>],
     wall_now: Timestamp,
 ) -> BTreeMap<String, (Tailer, Option<String>)> {
-    // Per source: the longest a row may wait for evidence.
+    // Per source: the longest any configured sweep may wait for its
+    // evidence (not only the sweeps due now: pruning for one sweep must not
+    // drop what another still needs).
     let mut horizon: BTreeMap<&str, Duration> = BTreeMap::new();
-    for c in collected {
-        let give_up = c
-            .sweep
+    for sweep in &cfg.sweeps {
+        let give_up = sweep
             .rules
             .sending
             .as_ref()
             .map_or(Duration::ZERO, |s| s.give_up_after);
-        for e in &c.sweep.evidence {
+        for e in &sweep.evidence {
             let h = horizon.entry(e.source.as_str()).or_default();
             *h = (*h).max(give_up);
         }
     }
+    // Only sources the sweeps of this pass use are read now.
+    let used: HashSet<&str> = collected
+        .iter()
+        .flat_map(|c| c.sweep.evidence.iter().map(|e| e.source.as_str()))
+        .collect();
+    horizon.retain(|s, _| used.contains(s));
     let mut out = BTreeMap::new();
     for (source, keep) in horizon {
         let ecfg = cfg
@@ -706,13 +713,23 @@ async fn poll_tailers(
             .remove(source)
             .unwrap_or_else(|| Tailer::new(source, lcfg, wall_now));
         let keep = delta(keep + tailer.slack() + Duration::from_secs(86_400));
-        let (tailer, err) = tokio::task::spawn_blocking(move || {
+        let polled = tokio::task::spawn_blocking(move || {
             let r = tailer.poll(wall_now);
             tailer.prune(wall_now - keep);
             (tailer, r.err().map(|e| e.to_string()))
         })
-        .await
-        .unwrap_or_else(|e| panic!("log tailer task panicked: {e}"));
+        .await;
+        let (tailer, err) = match polled {
+            Ok(r) => r,
+            Err(e) => {
+                // The tailer is lost with the task; a fresh one re-reads.
+                let fresh = Tailer::new(source, lcfg, wall_now);
+                (
+                    fresh,
+                    Some(format!("evidence {source}: log reader failed: {e}")),
+                )
+            }
+        };
         if let Some(e) = &err {
             tracing::warn!(source, error = %e, "evidence source unavailable");
         }
@@ -1332,8 +1349,13 @@ async fn apply(
             note(&mut errors, Stage::Ledger, e.to_string());
         }
     }
-    // Entries this old belong to rows long settled.
-    let horizon = ready.now - TimeDelta::days(30);
+    // Entries this old belong to rows long settled — but never prune
+    // within two of the sweep's longest requeue intervals.
+    let longest = sweep.rules.pending.as_ref().map_or(Duration::ZERO, |p| {
+        p.backoff.as_ref().map_or(p.after, |b| b.max.max(p.after))
+    });
+    let keep = delta(longest.saturating_mul(2)).max(TimeDelta::days(30));
+    let horizon = ready.now - keep;
     if let Err(e) = ready.db.ledger_prune(&sweep.name, horizon).await {
         note(&mut errors, Stage::Ledger, e.to_string());
     }

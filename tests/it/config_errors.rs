@@ -226,3 +226,23 @@ fn the_annotated_example_config_is_valid() {
     assert_eq!(receipts.states.sent, sweeper::config::StateValue::Int(2));
     assert_eq!(receipts.table.to_string(), "billing.receipts");
 }
+
+#[test]
+fn provider_sources_report_every_missing_field_and_foreign_option() {
+    let text = VALID.replacen(
+        "evidence:\n",
+        "evidence:\n  mg:\n    kind: mailgun\n    token: nope\n    rate_limit: -1\n    timeout: soon\n",
+        1,
+    );
+    let (code, err) = check(&text);
+    assert_eq!(code, Some(78));
+    for want in [
+        "evidence.mg.domain: kind mailgun needs `domain`",
+        "evidence.mg.api_key: kind mailgun needs `api_key`",
+        "evidence.mg.token: `token` does not apply to kind mailgun",
+        "evidence.mg.rate_limit: rate_limit must be a positive number",
+        "evidence.mg.timeout: invalid duration \"soon\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?}:\n{err}");
+    }
+}

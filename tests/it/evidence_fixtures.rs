@@ -166,9 +166,8 @@ fn rotated_postfix_set_with_gz_gives_the_same_verdicts() {
     check_postfix(&store, &messages);
     // Some messages really do span two files, and are resolved.
     let spanning = store
-        .messages
-        .iter()
-        .filter(|m| {
+        .messages()
+        .filter(|(_, m)| {
             let files: HashSet<u32> = m.lines.iter().map(|l| l.file).collect();
             files.len() > 1
         })

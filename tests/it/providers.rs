@@ -854,3 +854,38 @@ async fn disagreeing_sources_hold_the_row_and_explain_shows_both() {
     assert!(out.contains("decision    hold because conflict"), "{out}");
     b.cleanup().await;
 }
+
+/// A 404 from a list endpoint (a wrong Mailgun domain or region) is an
+/// unavailable source, not "no events": rows wait, give-up does not fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_from_the_events_list_is_not_absence() {
+    let replay = Replay::start(Arc::new(|_: &str, _: &HeaderMap, _| {
+        (
+            404,
+            vec![],
+            "{\"message\":\"Domain not found: mg.example.eu\"}".into(),
+            Duration::ZERO,
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = app_rows(dir.path(), &[("1001", "<old@x>")], None, 60 * 48).await;
+    let source = format!(
+        "  provider:\n    kind: mailgun\n    domain: mg.example.eu\n    api_key: key-test\n    base_url: {}\n",
+        replay.base()
+    );
+    let cfg = provider_config(&b, dir.path(), &source, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("give_up_after: 24000h", "give_up_after: 1h");
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(&["once", "-c", cfg.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        decisions_by_key(&v),
+        [("1001".into(), "leave".into(), "evidence_unavailable".into())]
+    );
+    assert_eq!(b.state(1001).await, "sending");
+    b.cleanup().await;
+}

@@ -596,13 +596,13 @@ async fn explain_shows_evidence_lines_and_the_decision() {
     b.cleanup().await;
 }
 
-/// HA: only one instance acts on a sweep at a time (Postgres advisory
-/// lock per sweep and table); a second instance skips it.
-#[tokio::test]
-async fn a_second_instance_skips_a_locked_sweep() {
+/// HA: only one instance acts on a sweep at a time (a Postgres advisory
+/// lock, or a lock file beside a SQLite database, per sweep and table); a
+/// second instance skips it.
+async fn a_second_instance_skips_a_locked_sweep(ts: Ts) {
     use sweeper::adapters::db::Db;
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
     let cfg_path = config(&b, dir.path(), &unique("ha"), 5);
     let cfg = sweeper::config::load(&cfg_path).unwrap();
     let sweep = cfg.sweep("notifications").unwrap();
@@ -635,5 +635,65 @@ async fn a_second_instance_skips_a_locked_sweep() {
     assert!(again.is_some(), "released");
     again.unwrap().release().await;
     db.close().await;
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_second_instance_skips_a_locked_postgres_sweep() {
+    a_second_instance_skips_a_locked_sweep(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn a_second_instance_skips_a_locked_sqlite_sweep() {
+    a_second_instance_skips_a_locked_sweep(Ts::SqliteText).await;
+}
+
+/// `check` reaches everything the config names, prints the index to
+/// create, and warns when the key is not unique.
+#[tokio::test]
+async fn check_reaches_everything_and_warns_about_non_unique_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let cfg = config(&b, dir.path(), &unique("check"), 5);
+    let o = run(&["check", "-c", cfg.to_str().unwrap()]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    for want in [
+        "ok    database app",
+        "ok    sweep notifications: table",
+        "recommended index: CREATE INDEX CONCURRENTLY",
+        "ok    queue resque: resque at redis://",
+        "ok    evidence postfix: postfix log, 1 file(s)",
+    ] {
+        assert!(out.contains(want), "missing {want:?}:\n{out}");
+    }
+    assert!(!out.contains("WARN"), "{out}");
+    let loose = unique("loose");
+    b.exec(&format!(
+        "CREATE TABLE {loose} AS SELECT * FROM {}",
+        b.table
+    ))
+    .await;
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("table: {}", b.table), &format!("table: {loose}"));
+    let cfg2 = write(dir.path(), "loose.yaml", &text);
+    let out = stdout(&run(&["check", "-c", cfg2.to_str().unwrap()]));
+    assert!(out.contains("WARN  sweep notifications: key column id is neither a primary key nor uniquely indexed"), "{out}");
+    b.exec(&format!("DROP TABLE {loose}")).await;
+    // An unreachable database fails the check, naming it.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&b.url, "postgres://postgres@127.0.0.1:1/test");
+    let cfg3 = write(dir.path(), "down.yaml", &text);
+    let o = run(&["check", "-c", cfg3.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(
+            "FAIL  cannot connect to database app (postgres://postgres@127.0.0.1:1/test)"
+        ),
+        "{}",
+        stdout(&o)
+    );
     b.cleanup().await;
 }

@@ -95,7 +95,7 @@ impl LineParser for CustomParser {
                 // A key+join line starts a message instance, unless this join
                 // already tracks the same key (repeated lines).
                 match self.joined.get(j) {
-                    Some(&i) if store.messages[i].key == *k => i,
+                    Some(&i) if store.get(i).is_some_and(|m| m.key == *k) => i,
                     _ => {
                         let id = String::from_utf8_lossy(j);
                         let seen = self.time_of(line, &caps);

@@ -19,7 +19,7 @@ pub mod provider;
 pub mod timestamp;
 
 use super::model::{FailReason, InFlightReason, Timestamp, Verdict};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 /// Where a line came from: an index into the scan's file list and a 1-based
@@ -252,10 +252,13 @@ impl MessageTrace {
     }
 }
 
-/// Traces by key, filled by a parser.
+/// Traces by key, filled by a parser. Every trace has a stable id (parsers
+/// keep ids of messages in flight across calls); pruning removes traces
+/// without renumbering the others.
 #[derive(Clone, Debug, Default)]
 pub struct TraceStore {
-    pub messages: Vec<MessageTrace>,
+    messages: BTreeMap<usize, MessageTrace>,
+    next_id: usize,
     by_key: HashMap<String, Vec<usize>>,
     /// Keep line texts (for `explain`).
     pub keep_text: bool,
@@ -269,18 +272,20 @@ impl TraceStore {
         }
     }
 
-    /// Start a new instance; returns its index.
+    /// Start a new instance; returns its id.
     pub fn start(&mut self, trace: MessageTrace) -> usize {
-        let idx = self.messages.len();
-        self.by_key.entry(trace.key.clone()).or_default().push(idx);
-        self.messages.push(trace);
-        idx
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_key.entry(trace.key.clone()).or_default().push(id);
+        self.messages.insert(id, trace);
+        id
     }
 
-    /// Remember that `line` belongs to message `idx`.
-    pub fn touch(&mut self, idx: usize, at: LineRef, text: &[u8]) {
+    /// Remember that `line` belongs to message `id` (ignored when the
+    /// message was pruned).
+    pub fn touch(&mut self, id: usize, at: LineRef, text: &[u8]) {
         let keep = self.keep_text;
-        if let Some(m) = self.messages.get_mut(idx) {
+        if let Some(m) = self.messages.get_mut(&id) {
             m.lines.push(at);
             if keep {
                 m.texts.push(String::from_utf8_lossy(text).into_owned());
@@ -288,8 +293,17 @@ impl TraceStore {
         }
     }
 
-    pub fn get_mut(&mut self, idx: usize) -> Option<&mut MessageTrace> {
-        self.messages.get_mut(idx)
+    pub fn get(&self, id: usize) -> Option<&MessageTrace> {
+        self.messages.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: usize) -> Option<&mut MessageTrace> {
+        self.messages.get_mut(&id)
+    }
+
+    /// Every trace, oldest first.
+    pub fn messages(&self) -> impl Iterator<Item = (usize, &MessageTrace)> {
+        self.messages.iter().map(|(id, m)| (*id, m))
     }
 
     /// All instances of `key` first seen at or after `since` (the row's
@@ -301,7 +315,7 @@ impl TraceStore {
             .get(key)
             .map(|ids| {
                 ids.iter()
-                    .map(|i| &self.messages[*i])
+                    .filter_map(|i| self.messages.get(i))
                     .filter(|m| match (since, m.first_seen) {
                         (None, _) => true,
                         (Some(s), Some(seen)) => seen >= s,
@@ -342,21 +356,23 @@ impl TraceStore {
     }
 
     /// Forget instances first seen before `before` (bounds the daemon's
-    /// memory). Instances without a timestamp are kept.
+    /// memory). Instances without a timestamp are kept. Ids of the others
+    /// do not change.
     pub fn prune(&mut self, before: Timestamp) {
-        let keep: Vec<bool> = self
+        let gone: Vec<usize> = self
             .messages
             .iter()
-            .map(|m| m.first_seen.is_none_or(|t| t >= before))
+            .filter(|(_, m)| m.first_seen.is_some_and(|t| t < before))
+            .map(|(id, _)| *id)
             .collect();
-        if keep.iter().all(|k| *k) {
-            return;
-        }
-        let old = std::mem::take(&mut self.messages);
-        self.by_key.clear();
-        for (m, k) in old.into_iter().zip(keep) {
-            if k {
-                self.start(m);
+        for id in gone {
+            if let Some(m) = self.messages.remove(&id) {
+                if let Some(ids) = self.by_key.get_mut(&m.key) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        self.by_key.remove(&m.key);
+                    }
+                }
             }
         }
     }
@@ -551,9 +567,13 @@ mod tests {
             }
         );
         assert_eq!(store.verdict("other@x", None).verdict, Verdict::NotFound);
+        let b_id = store.messages().nth(1).map(|(id, _)| id).unwrap();
         store.prune(t0 + chrono::TimeDelta::seconds(30));
         assert_eq!(store.len(), 1);
         assert_eq!(store.instances("m@x", None)[0].id, "B");
+        // Ids survive pruning: a parser holding B's id still reaches it.
+        assert_eq!(store.get(b_id).map(|m| m.id.as_str()), Some("B"));
+        assert!(store.get(0).is_none());
     }
 
     #[test]

@@ -58,8 +58,8 @@ pub struct ProviderEvent {
 pub fn record(store: &mut TraceStore, events: &mut [ProviderEvent], refs: &mut Vec<String>) {
     events.sort_by_key(|e| e.at);
     let mut by_key: HashMap<String, usize> = HashMap::new();
-    for (i, m) in store.messages.iter().enumerate() {
-        by_key.insert(m.key.clone(), i);
+    for (id, m) in store.messages() {
+        by_key.insert(m.key.clone(), id);
     }
     for e in events.iter() {
         let idx = match by_key.get(&e.key) {
