@@ -428,16 +428,7 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
                 &yaml::join(path, "routing_key"),
                 &serde_json::Value::from(routing_key.clone()),
             );
-            let headers = raw.headers.unwrap_or_default();
-            for (k, v) in &headers {
-                templates_ok(
-                    p,
-                    &yaml::join(&yaml::join(path, "headers"), k),
-                    &serde_json::Value::from(v.clone()),
-                );
-            }
-            let body = raw.body.unwrap_or_else(default_body);
-            templates_ok(p, &yaml::join(path, "body"), &body);
+            let (headers, body) = headers_and_body(p, path, raw.headers, raw.body);
             let confirm_timeout = duration_or(
                 p,
                 &yaml::join(path, "confirm_timeout"),
@@ -479,16 +470,7 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
                     format!("method {method:?}: use POST, PUT or PATCH"),
                 );
             }
-            let headers = raw.headers.unwrap_or_default();
-            for (k, v) in &headers {
-                templates_ok(
-                    p,
-                    &yaml::join(&yaml::join(path, "headers"), k),
-                    &serde_json::Value::from(v.clone()),
-                );
-            }
-            let body = raw.body.unwrap_or_else(default_body);
-            templates_ok(p, &yaml::join(path, "body"), &body);
+            let (headers, body) = headers_and_body(p, path, raw.headers, raw.body);
             let timeout = duration_or(
                 p,
                 &yaml::join(path, "timeout"),
@@ -521,6 +503,26 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
 /// The job body when none is configured (amqp, http).
 pub fn default_body() -> serde_json::Value {
     serde_json::json!({"class": "{{class}}", "args": "{{args}}", "queue": "{{queue}}"})
+}
+
+/// Job headers and body template of an amqp/http queue, checked.
+fn headers_and_body(
+    p: &mut Problems,
+    path: &str,
+    headers: Option<BTreeMap<String, String>>,
+    body: Option<serde_json::Value>,
+) -> (BTreeMap<String, String>, serde_json::Value) {
+    let headers = headers.unwrap_or_default();
+    for (k, v) in &headers {
+        templates_ok(
+            p,
+            &yaml::join(&yaml::join(path, "headers"), k),
+            &serde_json::Value::from(v.clone()),
+        );
+    }
+    let body = body.unwrap_or_else(default_body);
+    templates_ok(p, &yaml::join(path, "body"), &body);
+    (headers, body)
 }
 
 /// Every `{{placeholder}}` in a template must be known.

@@ -194,13 +194,10 @@ async fn run(cli: Cli) -> u8 {
             dry_run,
             format,
         } => {
-            let cfg = match load_config(&config.config) {
+            let cfg = match load_with_sweeps(&config.config, &sweeps) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if let Err(code) = check_sweep_names(&cfg, &sweeps) {
-                return code;
-            }
             let opts = PassOptions {
                 dry_run,
                 only: sweeps,
@@ -216,13 +213,10 @@ async fn run(cli: Cli) -> u8 {
             format,
             max_rows,
         } => {
-            let cfg = match load_config(&config.config) {
+            let cfg = match load_with_sweeps(&config.config, &sweeps) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if let Err(code) = check_sweep_names(&cfg, &sweeps) {
-                return code;
-            }
             let opts = PassOptions {
                 dry_run: true,
                 only: sweeps,
@@ -233,13 +227,10 @@ async fn run(cli: Cli) -> u8 {
             pass_and_print(&cfg, &opts, format).await
         }
         Command::Explain { config, sweep, key } => {
-            let cfg = match load_config(&config.config) {
+            let cfg = match load_with_sweeps(&config.config, std::slice::from_ref(&sweep)) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if let Err(code) = check_sweep_names(&cfg, std::slice::from_ref(&sweep)) {
-                return code;
-            }
             super::explain::run(&cfg, &sweep, &key).await
         }
         Command::Check { config } => {
@@ -264,6 +255,13 @@ async fn run(cli: Cli) -> u8 {
             EXIT_USAGE
         }
     }
+}
+
+/// Load the config and check the `--sweep` names it is asked for.
+fn load_with_sweeps(path: &std::path::Path, sweeps: &[String]) -> Result<Config, u8> {
+    let cfg = load_config(path)?;
+    check_sweep_names(&cfg, sweeps)?;
+    Ok(cfg)
 }
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {

@@ -111,6 +111,19 @@ pub(crate) async fn redis_connect(
         .map_err(err)
 }
 
+/// Wrap a Redis error with the queue's name and what was being done.
+pub(crate) fn redis_err(
+    queue: &str,
+    context: &str,
+) -> impl FnOnce(redis::RedisError) -> QueueError {
+    let (queue, context) = (queue.to_string(), context.to_string());
+    move |source| QueueError::Redis {
+        queue,
+        context,
+        source,
+    }
+}
+
 /// Every job of the batch gets the same result.
 fn all_ok(n: usize) -> Vec<Result<(), String>> {
     vec![Ok(()); n]

@@ -47,20 +47,11 @@ impl Resque {
         }
         pipe.query_async::<()>(&mut self.conn)
             .await
-            .map_err(|source| QueueError::Redis {
-                queue: self.name.clone(),
-                context: format!("pushing {} job(s)", jobs.len()),
-                source,
-            })
+            .map_err(self.err(&format!("pushing {} job(s)", jobs.len())))
     }
 
-    fn err(&self, context: &str) -> impl FnOnce(redis::RedisError) -> QueueError + '_ {
-        let context = context.to_string();
-        move |source| QueueError::Redis {
-            queue: self.name.clone(),
-            context,
-            source,
-        }
+    fn err(&self, context: &str) -> impl FnOnce(redis::RedisError) -> QueueError {
+        super::redis_err(&self.name, context)
     }
 
     /// Jobs waiting in `queue` (first `max_entries`) and jobs workers are
@@ -179,11 +170,7 @@ impl Resque {
             .arg(self.key("queues"))
             .query_async(&mut self.conn)
             .await
-            .map_err(|source| QueueError::Redis {
-                queue: self.name.clone(),
-                context: "listing queues".into(),
-                source,
-            })?;
+            .map_err(self.err("listing queues"))?;
         Ok(format!(
             "resque at {} (namespace {}, {} known queue(s))",
             crate::config::redact_url(&self.cfg.redis),

@@ -73,20 +73,11 @@ impl Sidekiq {
         }
         pipe.query_async::<()>(&mut self.conn)
             .await
-            .map_err(|source| QueueError::Redis {
-                queue: self.name.clone(),
-                context: format!("pushing {} job(s)", jobs.len()),
-                source,
-            })
+            .map_err(self.err(&format!("pushing {} job(s)", jobs.len())))
     }
 
-    fn err(&self, context: &str) -> impl FnOnce(redis::RedisError) -> QueueError + '_ {
-        let context = context.to_string();
-        move |source| QueueError::Redis {
-            queue: self.name.clone(),
-            context,
-            source,
-        }
+    fn err(&self, context: &str) -> impl FnOnce(redis::RedisError) -> QueueError {
+        super::redis_err(&self.name, context)
     }
 
     /// Jobs waiting in `queue`, the `schedule` and `retry` sets, and jobs
@@ -207,11 +198,7 @@ impl Sidekiq {
             .arg(self.key("processes"))
             .query_async(&mut self.conn)
             .await
-            .map_err(|source| QueueError::Redis {
-                queue: self.name.clone(),
-                context: "listing processes".into(),
-                source,
-            })?;
+            .map_err(self.err("listing processes"))?;
         Ok(format!(
             "sidekiq at {} ({} registered process(es))",
             crate::config::redact_url(&self.cfg.redis),
