@@ -374,7 +374,7 @@ impl Db {
     /// Rows in pending / sending / error, any age.
     pub async fn state_counts(&self, t: &SweepTable) -> Result<StateCounts, DbError> {
         let sql = format!(
-            "SELECT {s}, count(*) FROM {table} WHERE {state} IN ({p}, {g}, {e}) GROUP BY {state}",
+            "SELECT {s} AS sweeper_state, count(*) FROM {table} WHERE {state} IN ({p}, {g}, {e}) GROUP BY {table}.{state}",
             s = t.text(&t.state),
             table = t.table,
             state = t.state,
@@ -448,9 +448,13 @@ impl Db {
             older = t.older_than(1),
         );
         if after.is_some() {
-            let _ = write!(sql, " AND {} > {}", t.key, t.key_param(2));
+            let _ = write!(sql, " AND {}.{} > {}", t.table, t.key, t.key_param(2));
         }
-        let _ = write!(sql, " ORDER BY {} LIMIT {}", t.key, t.batch_size);
+        let _ = write!(
+            sql,
+            " ORDER BY {}.{} LIMIT {}",
+            t.table, t.key, t.batch_size
+        );
         let mut q = sqlx::query(&sql).bind(epoch_of(cutoff));
         if let Some(a) = after {
             q = t.bind_key(q, a);
@@ -474,7 +478,7 @@ impl Db {
         key: &str,
     ) -> Result<Option<(String, StuckRow)>, DbError> {
         let sql = format!(
-            "SELECT {}, {} FROM {} WHERE {} = {}",
+            "SELECT {}, {} AS sweeper_state FROM {} WHERE {} = {}",
             t.select_list(),
             t.text(&t.state),
             t.table,
@@ -561,7 +565,7 @@ impl Db {
         }
         let params: Vec<String> = (1..=rows.len()).map(|i| t.key_param(i)).collect();
         let sql = format!(
-            "SELECT {k}, {v} FROM {table} WHERE {state} = {lit} AND {key} IN ({params})",
+            "SELECT {k} AS sweeper_key, {v} AS sweeper_version FROM {table} WHERE {state} = {lit} AND {key} IN ({params})",
             k = t.text(&t.key),
             v = t.text(&t.ts),
             table = t.table,
@@ -883,6 +887,15 @@ impl Db {
         unique.map_err(self.err(format!("looking for a unique index on {table}.{key}")))
     }
 
+    /// Run one statement (setup in benchmarks and tools).
+    pub async fn execute(&self, sql: &str) -> Result<u64, DbError> {
+        let r = sqlx::query(sql)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err("executing a statement"))?;
+        Ok(r.rows_affected())
+    }
+
     /// Run a trivial query (for `check` and `/readyz`).
     pub async fn ping(&self) -> Result<(), DbError> {
         sqlx::query("SELECT 1")
@@ -963,17 +976,21 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q
 
 impl SweepTable {
     /// key, key as integer, version, epoch, args, lookups… (see `row_from`).
+    /// Every expression gets an alias of its own: in Postgres an output
+    /// column named like a table column (`"id"::text` is output as `id`)
+    /// would capture `ORDER BY "id"` and sort the keys as text.
     fn select_list(&self) -> String {
         let mut sql = format!(
-            "{}, {}, {}, {}, {}",
+            "{} AS sweeper_key, {} AS sweeper_key_int, {} AS sweeper_version, \
+             {} AS sweeper_epoch, {} AS sweeper_args",
             self.text(&self.key),
             self.key_int(),
             self.text(&self.ts),
             self.epoch(),
             self.args_json(),
         );
-        for l in &self.lookups {
-            let _ = write!(sql, ", {}", self.text(l));
+        for (i, l) in self.lookups.iter().enumerate() {
+            let _ = write!(sql, ", {} AS sweeper_lookup_{i}", self.text(l));
         }
         sql
     }

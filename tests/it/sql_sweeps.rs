@@ -697,3 +697,57 @@ async fn check_reaches_everything_and_warns_about_non_unique_keys() {
     );
     b.cleanup().await;
 }
+
+/// Keyset pagination returns every stale row exactly once across pages,
+/// including when the count is a multiple of the page size and when keys
+/// of different lengths would sort differently as text (9 < 10 < 100).
+#[tokio::test]
+async fn keyset_pages_return_every_stale_row_once() {
+    use sweeper::adapters::db::Db;
+    use sweeper::core::model::RowState;
+    for ts in [Ts::PgTz, Ts::SqliteText] {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::new(ts, dir.path()).await;
+        b.exec(&format!("DELETE FROM {}", b.table)).await;
+        for chunk in 0..4 {
+            let values: Vec<String> = (0..500)
+                .map(|i| {
+                    // 1…9, 10…99, 100…999, 1000…1999 and beyond.
+                    let id = 1 + chunk * 500 + i;
+                    format!("({id}, 1, 'sending', {}, NULL)", b.ago(120))
+                })
+                .collect();
+            b.exec(&format!(
+                "INSERT INTO {} VALUES {}",
+                b.table,
+                values.join(", ")
+            ))
+            .await;
+        }
+        let cfg_path = config(&b, dir.path(), "unused", 5);
+        let cfg = sweeper::config::load(&cfg_path).unwrap();
+        let db = Db::connect(&cfg.databases["app"]).await.unwrap();
+        let table = db
+            .sweep_table(cfg.sweep("notifications").unwrap())
+            .await
+            .unwrap();
+        let now = db.now().await.unwrap();
+        let rows = db
+            .stale_rows(
+                &table,
+                RowState::Sending,
+                now - chrono::TimeDelta::minutes(15),
+            )
+            .await
+            .unwrap();
+        let keys: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!((rows.len(), keys.len()), (2000, 2000), "{ts:?}");
+        let numeric: Vec<i64> = rows.iter().map(|r| r.key.parse().unwrap()).collect();
+        assert!(
+            numeric.windows(2).all(|w| w[0] < w[1]),
+            "{ts:?}: keys in numeric order"
+        );
+        db.close().await;
+        b.cleanup().await;
+    }
+}
