@@ -751,3 +751,102 @@ async fn keyset_pages_return_every_stale_row_once() {
         b.cleanup().await;
     }
 }
+
+/// Rails-style tables: uuid keys, integer enum states, naive timestamps,
+/// a schema-qualified table; requeued into a jsonl queue.
+#[tokio::test]
+async fn uuid_keys_and_integer_enum_states_in_a_schema() {
+    let pool = pg().await;
+    let schema = unique("billing");
+    let q = |sql: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(&sql)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        }
+    };
+    q(format!("CREATE SCHEMA {schema}")).await;
+    q(format!(
+        "CREATE TABLE {schema}.receipts (uuid uuid PRIMARY KEY, status integer NOT NULL, \
+         status_changed_at timestamp NOT NULL, amount_cents bigint, note text)"
+    ))
+    .await;
+    q(format!(
+        "INSERT INTO {schema}.receipts VALUES \
+         ('00000000-0000-0000-0000-000000000001', 0, (now() AT TIME ZONE 'UTC') - interval '1 hour', 1250, 'a'), \
+         ('00000000-0000-0000-0000-000000000002', 0, (now() AT TIME ZONE 'UTC') - interval '1 minute', 300, NULL), \
+         ('00000000-0000-0000-0000-000000000003', 1, (now() AT TIME ZONE 'UTC') - interval '2 days', 99, NULL), \
+         ('00000000-0000-0000-0000-000000000004', 2, (now() AT TIME ZONE 'UTC') - interval '2 days', 1, NULL)"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    let yaml = format!(
+        r#"databases:
+  app: {{url: "{url}", ledger_table: {schema}.sweeper_ledger}}
+queues:
+  jobs: {{kind: jsonl, path: "{jobs}"}}
+sweeps:
+  receipts:
+    database: app
+    table: {schema}.receipts
+    key: uuid
+    state_column: status
+    timestamp_column: status_changed_at
+    states: {{pending: 0, sending: 1, sent: 2, error: 3}}
+    pending:
+      after: 5m
+      queue: jobs
+      job: {{queue: mailers, class: ReceiptMailerJob, args: [uuid, amount_cents, note]}}
+    sending:
+      after: 15m
+      give_up_after: 1d
+      on_no_evidence: error
+"#,
+        url = pg_url(),
+        jobs = jobs.display(),
+    );
+    let cfg = write(dir.path(), "rails.yaml", &yaml);
+    let done = run_json(
+        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
+        0,
+    );
+    let s = sweep_json(&done, "receipts");
+    assert_eq!(
+        s["totals"],
+        json!({"pending": 2, "sending": 1, "error": 0}),
+        "{s:#}"
+    );
+    assert_eq!(
+        keys_with(s, "requeue"),
+        ["00000000-0000-0000-0000-000000000001"]
+    );
+    assert_eq!(
+        keys_with(s, "mark_error"),
+        ["00000000-0000-0000-0000-000000000003"]
+    );
+    let lines = read_jsonl(&jobs);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        lines[0]["args"],
+        json!(["00000000-0000-0000-0000-000000000001", 1250, "a"])
+    );
+    let status: i32 = sqlx::query_scalar(&format!(
+        "SELECT status FROM {schema}.receipts WHERE uuid = '00000000-0000-0000-0000-000000000003'"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status, 3, "the integer error state");
+    let again = run_json(
+        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
+        0,
+    );
+    assert_eq!(
+        keys_with(sweep_json(&again, "receipts"), "requeue"),
+        Vec::<String>::new()
+    );
+    q(format!("DROP SCHEMA {schema} CASCADE")).await;
+}
