@@ -54,6 +54,7 @@ async fn main() {
             job_fields: Default::default(),
             presence: Some(PresenceConfig { max_entries: jobs }),
             require_workers: false,
+            epoch_millis: false,
         }),
     };
     for (label, cfg, key) in [

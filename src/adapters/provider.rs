@@ -274,6 +274,38 @@ async fn mailgun_pages(c: &Client, url: String) -> Result<Vec<ProviderEvent>, St
     Ok(events)
 }
 
+/// One Postmark message's events (details, then each bounce's type),
+/// recorded under `key`.
+async fn postmark_message(
+    c: &Client,
+    base: &str,
+    message_id: &str,
+    key: &str,
+) -> Result<Vec<ProviderEvent>, String> {
+    let u = format!("{base}/messages/outbound/{}/details", encode(message_id));
+    let Some(doc) = c.get(&u, true).await? else {
+        return Ok(Vec::new());
+    };
+    let (mut ev, bounces) = provider::postmark_details(&doc, key);
+    for (id, rcpt, at) in bounces {
+        let u = format!("{base}/bounces/{}", encode(&id));
+        let (kind, detail) = match c.get(&u, true).await? {
+            Some(b) => provider::postmark_bounce(&b),
+            // A bounce we cannot read: no verdict for it.
+            None => (EventKind::Deferred, "bounce record not found".to_string()),
+        };
+        ev.push(ProviderEvent {
+            key: key.to_string(),
+            recipient: rcpt,
+            kind,
+            at,
+            reference: format!("postmark bounce {id}"),
+            detail,
+        });
+    }
+    Ok(ev)
+}
+
 fn epoch(t: Timestamp) -> i64 {
     t.timestamp()
 }
@@ -296,7 +328,9 @@ pub async fn fetch(
     let auth = match &cfg.api {
         ProviderApi::Mailgun { api_key, .. } => Auth::Basic("api".into(), api_key.clone()),
         ProviderApi::Sendgrid { api_key } => Auth::Bearer(api_key.clone()),
-        ProviderApi::Postmark { token } => Auth::Header("X-Postmark-Server-Token", token.clone()),
+        ProviderApi::Postmark { token, .. } => {
+            Auth::Header("X-Postmark-Server-Token", token.clone())
+        }
         ProviderApi::Http { headers, .. } => Auth::Headers(
             headers
                 .iter()
@@ -399,41 +433,31 @@ pub async fn fetch(
                 }
             }
         }
-        ProviderApi::Postmark { .. } => {
+        ProviderApi::Postmark { metadata_key, .. } => {
             let results = bounded(rows, conc, |r| {
                 let client = &client;
                 let base = &base;
                 async move {
-                    let u = format!("{base}/messages/outbound/{}/details", encode(&r.key));
-                    let doc = match client.get(&u, true).await {
-                        Ok(Some(d)) => d,
-                        Ok(None) => return (r.key.clone(), Ok(Vec::new())),
-                        Err(e) => return (r.key.clone(), Err(e)),
-                    };
-                    let (mut ev, bounces) = provider::postmark_details(&doc, &r.key);
-                    for (id, rcpt, at) in bounces {
-                        let u = format!("{base}/bounces/{}", encode(&id));
-                        match client.get(&u, true).await {
-                            Ok(Some(b)) => {
-                                let (kind, detail) = provider::postmark_bounce(&b);
-                                ev.push(ProviderEvent {
-                                    key: r.key.clone(),
-                                    recipient: rcpt,
-                                    kind,
-                                    at,
-                                    reference: format!("postmark bounce {id}"),
-                                    detail,
-                                });
+                    let ids = match metadata_key {
+                        None => vec![r.key.clone()],
+                        Some(k) => {
+                            // Outbound search by one metadata field.
+                            let u = format!(
+                                "{base}/messages/outbound?count=50&offset=0&metadata_{}={}",
+                                encode(k),
+                                encode(&r.key)
+                            );
+                            match client.get(&u, false).await {
+                                Ok(Some(doc)) => provider::postmark_search_ids(&doc),
+                                Ok(None) => Vec::new(),
+                                Err(e) => return (r.key.clone(), Err(e)),
                             }
-                            // A bounce we cannot read: no verdict for it.
-                            Ok(None) => ev.push(ProviderEvent {
-                                key: r.key.clone(),
-                                recipient: rcpt,
-                                kind: EventKind::Deferred,
-                                at,
-                                reference: format!("postmark bounce {id}"),
-                                detail: "bounce record not found".into(),
-                            }),
+                        }
+                    };
+                    let mut ev = Vec::new();
+                    for id in ids {
+                        match postmark_message(client, base, &id, &r.key).await {
+                            Ok(mut e) => ev.append(&mut e),
                             Err(e) => return (r.key.clone(), Err(e)),
                         }
                     }

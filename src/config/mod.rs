@@ -162,6 +162,9 @@ pub struct SidekiqConfig {
     pub job_fields: BTreeMap<String, serde_json::Value>,
     pub presence: Option<PresenceConfig>,
     pub require_workers: bool,
+    /// `created_at`/`enqueued_at` as integer epoch milliseconds (Sidekiq
+    /// 8+) instead of float seconds (Sidekiq up to 7).
+    pub epoch_millis: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -249,6 +252,9 @@ pub enum ProviderApi {
     },
     Postmark {
         token: String,
+        /// Find messages by this metadata field (the row's lookup value)
+        /// instead of by Postmark's MessageID.
+        metadata_key: Option<String>,
     },
     /// `GET url` (template: `{key}` and `{column}`s of the row).
     Http {

@@ -82,6 +82,9 @@ pub struct RawSidekiq {
     /// Extra fields merged into every job payload.
     #[serde(default)]
     pub job_fields: Option<BTreeMap<String, serde_json::Value>>,
+    /// `float_seconds` (Sidekiq up to 7) or `epoch_millis` (Sidekiq 8+).
+    #[serde(default)]
+    pub timestamps: Option<String>,
     #[serde(default)]
     pub presence_check: Option<RawPresence>,
     #[serde(default)]
@@ -219,6 +222,9 @@ pub struct RawProvider {
     pub visibility_lag: Option<String>,
     #[serde(default)]
     pub slack: Option<String>,
+    /// Postmark: match rows by this metadata field instead of MessageID.
+    #[serde(default)]
+    pub metadata_key: Option<String>,
     /// Mailgun: above this many stuck rows, one time-range scan instead of
     /// a query per row.
     #[serde(default)]

@@ -391,7 +391,21 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
                     );
                 }
             }
+            let epoch_millis = match raw.timestamps.as_deref() {
+                None | Some("float_seconds") => false,
+                Some("epoch_millis") => true,
+                Some(other) => {
+                    p.push(
+                        yaml::join(path, "timestamps"),
+                        format!(
+                            "unknown timestamps {other:?}: float_seconds (Sidekiq up to 7) or epoch_millis (Sidekiq 8+)"
+                        ),
+                    );
+                    false
+                }
+            };
             QueueKind::Sidekiq(SidekiqConfig {
+                epoch_millis,
                 redis: redis?,
                 namespace: raw.namespace,
                 retry,
@@ -788,7 +802,7 @@ fn provider_source(
     let allowed: &[&str] = match kind {
         "mailgun" => &["domain", "api_key", "base_url", "time_range_above"],
         "sendgrid" => &["api_key", "base_url"],
-        "postmark" => &["token", "base_url"],
+        "postmark" => &["token", "base_url", "metadata_key"],
         _ => &[
             "url",
             "headers",
@@ -799,7 +813,8 @@ fn provider_source(
             "failed",
         ],
     };
-    let given: [(&str, bool); 12] = [
+    let given: [(&str, bool); 13] = [
+        ("metadata_key", raw.metadata_key.is_some()),
         ("domain", raw.domain.is_some()),
         ("api_key", raw.api_key.is_some()),
         ("token", raw.token.is_some()),
@@ -854,7 +869,24 @@ fn provider_source(
         "sendgrid" => {
             required(p, "api_key", &raw.api_key).map(|api_key| ProviderApi::Sendgrid { api_key })
         }
-        "postmark" => required(p, "token", &raw.token).map(|token| ProviderApi::Postmark { token }),
+        "postmark" => {
+            let metadata_key = raw.metadata_key.clone();
+            if let Some(k) = &metadata_key {
+                let ok = !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !ok {
+                    p.push(
+                        sub("metadata_key"),
+                        format!("invalid metadata_key {k:?}: letters, digits, `_`, `-`"),
+                    );
+                }
+            }
+            required(p, "token", &raw.token).map(|token| ProviderApi::Postmark {
+                token,
+                metadata_key,
+            })
+        }
         _ => http_status_api(p, path, &raw, &required),
     };
     let base_url = raw

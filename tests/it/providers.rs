@@ -889,3 +889,48 @@ async fn a_404_from_the_events_list_is_not_absence() {
     assert_eq!(b.state(1001).await, "sending");
     b.cleanup().await;
 }
+
+/// Postmark rows can be matched by a metadata field (the app stores its own
+/// id in `Metadata`) instead of Postmark's MessageID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postmark_rows_matched_by_metadata() {
+    let replay = Replay::start(Arc::new(|pq: &str, h: &HeaderMap, seen: usize| {
+        if let Some(rest) = pq.strip_prefix("/messages/outbound?count=50&offset=0&metadata_row_id=")
+        {
+            let file = match rest {
+                "1001" => "outbound_search_delivered.json",
+                "1002" => "outbound_search_bounced.json",
+                "1003" => "outbound_search_deferred.json",
+                _ => "outbound_search_unknown.json",
+            };
+            return ok(fixture("postmark", file));
+        }
+        postmark_handler()(pq, h, seen)
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let lookups = [
+        ("1001", "1001"),
+        ("1002", "1002"),
+        ("1003", "1003"),
+        ("1004", "1004"),
+    ];
+    let b = app_rows(dir.path(), &lookups, Some("2024-05-14 10:00:00"), 0).await;
+    let source = format!(
+        "  provider:\n    kind: postmark\n    token: pm-token\n    metadata_key: row_id\n    base_url: {}\n    rate_limit: 50\n",
+        replay.base()
+    );
+    let cfg = provider_config(&b, dir.path(), &source, "");
+    let report = run_json(
+        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
+        0,
+    );
+    assert_eq!(decisions_by_key(&report), expected());
+    let searches = replay
+        .requests()
+        .iter()
+        .filter(|(_, p, _)| p.contains("metadata_row_id="))
+        .count();
+    assert_eq!(searches, 4);
+    b.cleanup().await;
+}

@@ -2,7 +2,10 @@
 //! `atomic_push`, `job_util.rb` `normalize_item`): a pipeline of
 //! `SADD queues <q>` then `LPUSH queue:<q> <payload>`, payload fields
 //! `retry, queue, class, args, jid, created_at, enqueued_at` with `jid` 24
-//! lowercase hex and times as float unix seconds. Extra configured fields
+//! lowercase hex and times as float unix seconds (integer epoch
+//! milliseconds with `timestamps: epoch_millis`, as Sidekiq 8 writes them;
+//! its changelog: "stored as epoch milliseconds, rather than epoch floats").
+//! Extra configured fields
 //! follow. An optional namespace prefixes every key (`ns:queue:<q>`), as the
 //! redis-namespace gem does.
 
@@ -35,8 +38,13 @@ pub fn payload(cfg: &SidekiqConfig, job: &JobRequest<'_>, jid: &str, now: Timest
     m.insert("class".into(), Value::from(job.class));
     m.insert("args".into(), Value::from(job.args.to_vec()));
     m.insert("jid".into(), Value::from(jid));
-    m.insert("created_at".into(), Value::from(epoch_float(now)));
-    m.insert("enqueued_at".into(), Value::from(epoch_float(now)));
+    let at = if cfg.epoch_millis {
+        Value::from(now.timestamp_millis())
+    } else {
+        Value::from(epoch_float(now))
+    };
+    m.insert("created_at".into(), at.clone());
+    m.insert("enqueued_at".into(), at);
     for (k, v) in &cfg.job_fields {
         m.insert(k.clone(), v.clone());
     }
@@ -221,6 +229,7 @@ mod tests {
             job_fields: [("tags".to_string(), json!(["sweeper"]))].into(),
             presence: None,
             require_workers: false,
+            epoch_millis: false,
         };
         let args = [json!(7), json!(null)];
         let job = JobRequest {
@@ -237,6 +246,14 @@ mod tests {
             got,
             r#"{"retry":3,"queue":"notify","class":"NotifyUser","args":[7,null],"jid":"0123456789abcdef01234567","created_at":1795905345.25,"enqueued_at":1795905345.25,"tags":["sweeper"]}"#
         );
+        let cfg8 = SidekiqConfig {
+            epoch_millis: true,
+            ..cfg
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&payload(&cfg8, &job, "0123456789abcdef01234567", now)).unwrap();
+        assert_eq!(v["created_at"], json!(1_795_905_345_250_i64));
+        assert_eq!(v["enqueued_at"], json!(1_795_905_345_250_i64));
     }
 
     #[test]

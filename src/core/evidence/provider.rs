@@ -284,6 +284,20 @@ pub fn postmark_details(v: &Value, key: &str) -> (Vec<ProviderEvent>, Vec<Bounce
     (events, bounces)
 }
 
+/// The MessageIDs of a Postmark outbound search (`GET /messages/outbound`).
+pub fn postmark_search_ids(v: &Value) -> Vec<String> {
+    v.get("Messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            m.get("MessageID")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// What a Postmark bounce record means: hard failures are final, delays
 /// and soft bounces are not (Postmark may still deliver).
 pub fn postmark_bounce(v: &Value) -> (EventKind, String) {
