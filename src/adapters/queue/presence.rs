@@ -58,6 +58,33 @@ pub fn job_key(class: &str, args: &Value) -> String {
     format!("{class}\u{0}{}", canonical(args))
 }
 
+/// Add the first `budget` entries of a list (`LLEN`/`LRANGE`) or sorted
+/// set (`ZCARD`/`ZRANGE`) to the index as queued jobs. Returns how many were
+/// read; marks the index truncated when the structure holds more.
+pub(crate) async fn scan_queued(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    (len_cmd, range_cmd): (&str, &str),
+    budget: u64,
+    idx: &mut PresenceIndex,
+) -> redis::RedisResult<u64> {
+    let len: u64 = redis::cmd(len_cmd).arg(key).query_async(conn).await?;
+    let take = len.min(budget);
+    idx.truncated |= len > take;
+    if take > 0 {
+        let entries: Vec<String> = redis::cmd(range_cmd)
+            .arg(key)
+            .arg(0)
+            .arg(take as i64 - 1)
+            .query_async(conn)
+            .await?;
+        for e in &entries {
+            idx.add_text(e, false);
+        }
+    }
+    Ok(take)
+}
+
 impl PresenceIndex {
     /// Record a payload (`{"class": …, "args": […], …}`); other JSON is ignored.
     pub fn add_payload(&mut self, payload: &Value, running: bool) {

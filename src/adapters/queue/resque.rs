@@ -63,32 +63,23 @@ impl Resque {
         max_entries: u64,
     ) -> Result<PresenceIndex, QueueError> {
         let key = self.key(&format!("queue:{queue}"));
-        let len: u64 = redis::cmd("LLEN")
-            .arg(&key)
-            .query_async(&mut self.conn)
-            .await
-            .map_err(self.err("measuring the queue"))?;
-        let take = len.min(max_entries);
         let mut idx = PresenceIndex::default();
-        if take > 0 {
-            let entries: Vec<String> = redis::cmd("LRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(take as i64 - 1)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(self.err("reading the queue"))?;
-            for e in &entries {
-                idx.add_text(e, false);
-            }
-        }
+        let take = super::presence::scan_queued(
+            &mut self.conn,
+            &key,
+            ("LLEN", "LRANGE"),
+            max_entries,
+            &mut idx,
+        )
+        .await
+        .map_err(self.err("reading the queue"))?;
         let mut workers: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key("workers"))
             .query_async(&mut self.conn)
             .await
             .map_err(self.err("listing workers"))?;
         let budget = (max_entries - take) as usize;
-        idx.truncated = len > max_entries || workers.len() > budget;
+        idx.truncated |= workers.len() > budget;
         workers.truncate(budget);
         if !workers.is_empty() {
             let mut pipe = redis::pipe();

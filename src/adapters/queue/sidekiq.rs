@@ -105,26 +105,15 @@ impl Sidekiq {
             (self.key("retry"), "ZCARD", "ZRANGE"),
         ];
         for (key, len_cmd, range_cmd) in sources {
-            let len: u64 = redis::cmd(len_cmd)
-                .arg(&key)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(self.err("measuring the queue"))?;
-            let take = len.min(budget);
-            idx.truncated |= len > take;
-            if take > 0 {
-                let entries: Vec<String> = redis::cmd(range_cmd)
-                    .arg(&key)
-                    .arg(0)
-                    .arg(take as i64 - 1)
-                    .query_async(&mut self.conn)
-                    .await
-                    .map_err(self.err("reading the queue"))?;
-                for e in &entries {
-                    idx.add_text(e, false);
-                }
-            }
-            budget -= take;
+            budget -= super::presence::scan_queued(
+                &mut self.conn,
+                &key,
+                (len_cmd, range_cmd),
+                budget,
+                &mut idx,
+            )
+            .await
+            .map_err(self.err("reading the queue"))?;
         }
         let processes: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key("processes"))
