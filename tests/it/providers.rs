@@ -218,10 +218,7 @@ async fn run_provider_table(
     let lookups: Vec<(&str, &str)> = rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let b = app_rows(dir.path(), &lookups, Some("2024-05-14 10:00:00"), 0).await;
     let cfg = provider_config(&b, dir.path(), &source_yaml, "");
-    let report = run_json(
-        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let report = report_json(&cfg);
     let mut want = expected();
     want[2].2 = deferred.0.to_string();
     assert_eq!(decisions_by_key(&report), want, "{provider}");
@@ -258,10 +255,7 @@ async fn run_provider_table(
     );
     assert!(!replay.requests().is_empty());
     // A real pass applies it.
-    let done = run_json(
-        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let done = once_json(&cfg, 0);
     assert_eq!(
         sweep_json(&done, "notifications")["outcomes"]["applied"],
         json!({"mark_sent": 1, "mark_error": 1})
@@ -531,10 +525,7 @@ async fn generic_http_status_api_with_row_columns_in_the_url() {
         replay.base()
     );
     let cfg = provider_config(&b, dir.path(), &source, "");
-    let report = run_json(
-        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let report = report_json(&cfg);
     assert_eq!(decisions_by_key(&report), expected());
     let auth = replay.requests()[0]
         .2
@@ -667,10 +658,7 @@ async fn a_429_is_waited_out_as_retry_after_says() {
     let lookups: Vec<(&str, &str)> = rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let b = app_rows(dir.path(), &lookups, Some("2024-05-14 10:00:00"), 0).await;
     let cfg = provider_config(&b, dir.path(), &source, "");
-    let report = run_json(
-        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let report = report_json(&cfg);
     assert_eq!(decisions_by_key(&report), expected());
     let reqs = replay.requests();
     let details = format!("/messages/outbound/{}/details", rows[0].1);
@@ -701,10 +689,7 @@ async fn rate_limit_is_respected() {
         replay.base()
     );
     let cfg = provider_config(&b, dir.path(), &source, "");
-    run_json(
-        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    report_json(&cfg);
     let reqs = replay.requests();
     assert_eq!(reqs.len(), 10);
     let t: Vec<Instant> = reqs.iter().map(|r| r.0).collect();
@@ -742,10 +727,7 @@ async fn events_arriving_late_settle_the_row_on_a_later_pass_and_lag_protects_ab
         replay.base()
     );
     let cfg = provider_config(&b, dir.path(), &source, "");
-    let first = run_json(
-        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let first = once_json(&cfg, 0);
     let s = sweep_json(&first, "notifications");
     // Only "accepted" so far: in flight (not a listed sent/failed status).
     assert_eq!(
@@ -756,10 +738,7 @@ async fn events_arriving_late_settle_the_row_on_a_later_pass_and_lag_protects_ab
     assert_eq!(s["evidence_expiring"], 1, "{s:#}");
     assert!(s["rows"][0]["evidence_expires_at"].is_string(), "{s:#}");
     *delivered.lock().unwrap() = true;
-    let second = run_json(
-        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let second = once_json(&cfg, 0);
     assert_eq!(
         decisions_by_key(&second),
         [("1001".into(), "mark_sent".into(), "delivered".into())]
@@ -784,10 +763,7 @@ async fn events_arriving_late_settle_the_row_on_a_later_pass_and_lag_protects_ab
         .unwrap()
         .replace("give_up_after: 24000h", "give_up_after: 16m");
     std::fs::write(&cfg, text).unwrap();
-    let r = run_json(
-        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let r = report_json(&cfg);
     let s = sweep_json(&r, "notifications");
     assert_eq!(s["rows"][0]["decision"], "leave", "{s:#}");
     assert_eq!(s["rows"][0]["evidence"][0]["verdict"], "in_flight");
@@ -824,24 +800,13 @@ async fn disagreeing_sources_hold_the_row_and_explain_shows_both() {
         &source,
         ", {source: postfix, match: message_id}",
     );
-    let r = run_json(
-        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let r = once_json(&cfg, 0);
     assert_eq!(
         decisions_by_key(&r),
         [("1001".into(), "hold".into(), "conflict".into())]
     );
     assert_eq!(b.state(1001).await, "sending");
-    let o = run(&[
-        "explain",
-        "-c",
-        cfg.to_str().unwrap(),
-        "--sweep",
-        "notifications",
-        "--key",
-        "1001",
-    ]);
+    let o = explain(&cfg, "notifications", "1001");
     let out = stdout(&o);
     assert!(
         out.contains("evidence    provider") && out.contains("evidence    postfix"),
@@ -921,10 +886,7 @@ async fn postmark_rows_matched_by_metadata() {
         replay.base()
     );
     let cfg = provider_config(&b, dir.path(), &source, "");
-    let report = run_json(
-        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let report = report_json(&cfg);
     assert_eq!(decisions_by_key(&report), expected());
     let searches = replay
         .requests()

@@ -19,20 +19,6 @@ fn resque_block() -> String {
     )
 }
 
-fn once(cfg: &Path, code: i32) -> Value {
-    run_json(
-        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        code,
-    )
-}
-
-fn report(cfg: &Path) -> Value {
-    run_json(
-        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    )
-}
-
 /// Pretend `after` has passed since the last requeues.
 async fn age_ledger(b: &Backend) {
     b.exec(&format!(
@@ -78,7 +64,7 @@ async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none() {
     );
     let key = format!("{ns}:queue:notify");
 
-    let s = once(&cfg, 0);
+    let s = once_json(&cfg, 0);
     let s = sweep_json(&s, "notifications");
     assert_eq!(s["outcomes"]["applied"]["requeue"], 3, "{s:#}");
     assert_eq!(llen(&mut r, &key).await, 3);
@@ -100,7 +86,7 @@ async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none() {
 
     // Still in the queue after `after`: held, not duplicated.
     age_ledger(&b).await;
-    let held = once(&cfg, 0);
+    let held = once_json(&cfg, 0);
     let s = sweep_json(&held, "notifications");
     assert_eq!(reasons(s)["still_queued"], 3, "{s:#}");
     assert_eq!(llen(&mut r, &key).await, 3, "not duplicated");
@@ -139,7 +125,7 @@ async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none() {
 
     // Consumed, still pending past `after`: requeued again.
     age_ledger(&b).await;
-    let again = once(&cfg, 0);
+    let again = once_json(&cfg, 0);
     let s = sweep_json(&again, "notifications");
     assert_eq!(keys_with(s, "requeue"), ["10", "2", "3"], "{s:#}");
     assert!(s["rows"]
@@ -168,26 +154,18 @@ async fn resque_presence_holds_queued_and_running_jobs_then_requeues() {
     let key = format!("{ns}:queue:notify");
 
     assert_eq!(
-        sweep_json(&once(&cfg, 0), "notifications")["outcomes"]["applied"]["requeue"],
+        sweep_json(&once_json(&cfg, 0), "notifications")["outcomes"]["applied"]["requeue"],
         3
     );
     age_ledger(&b).await;
-    let s = report(&cfg);
+    let s = report_json(&cfg);
     assert_eq!(
         reasons(sweep_json(&s, "notifications"))["still_queued"],
         3,
         "{s:#}"
     );
     // The report shows it too, and explain says why.
-    let o = run(&[
-        "explain",
-        "-c",
-        cfg.to_str().unwrap(),
-        "--sweep",
-        "notifications",
-        "--key",
-        "2",
-    ]);
+    let o = explain(&cfg, "notifications", "2");
     assert!(
         stdout(&o).contains("decision    hold because still_queued"),
         "{}",
@@ -210,7 +188,7 @@ async fn resque_presence_holds_queued_and_running_jobs_then_requeues() {
             .any(|k| !k.contains(":ping:") && !k.ends_with(":started"))
             .then_some(())
     });
-    let s = once(&cfg, 0);
+    let s = once_json(&cfg, 0);
     let s = sweep_json(&s, "notifications");
     let rs = reasons(s);
     assert_eq!(
@@ -229,7 +207,7 @@ async fn resque_presence_holds_queued_and_running_jobs_then_requeues() {
     assert_eq!(llen(&mut r, &key).await, 0);
 
     age_ledger(&b).await;
-    let s = once(&cfg, 0);
+    let s = once_json(&cfg, 0);
     assert_eq!(
         keys_with(sweep_json(&s, "notifications"), "requeue"),
         ["10", "2", "3"]
@@ -253,7 +231,7 @@ async fn no_live_workers_holds_requeues_until_a_worker_is_back() {
     );
     let key = format!("{ns}:queue:notify");
 
-    let s = once(&cfg, 0);
+    let s = once_json(&cfg, 0);
     let s = sweep_json(&s, "notifications");
     assert_eq!(reasons(s)["no_workers"], 3, "{s:#}");
     assert_eq!(
@@ -283,7 +261,7 @@ async fn no_live_workers_holds_requeues_until_a_worker_is_back() {
             (n > 0 && !pings.is_empty()).then_some(())
         },
     );
-    let s = once(&cfg, 0);
+    let s = once_json(&cfg, 0);
     let s = sweep_json(&s, "notifications");
     assert_eq!(keys_with(s, "requeue"), ["10", "2", "3"], "{s:#}");
     assert!(worker.wait().unwrap().success());
@@ -313,14 +291,14 @@ async fn storm_brake_holds_all_requeues_and_says_why() {
         "      max_attempts: 5\n",
         "      max_attempts: 5\n    limits: {hold_above: 10}\n",
     );
-    let s = report(&cfg);
+    let s = report_json(&cfg);
     let s = sweep_json(&s, "notifications");
     assert_eq!(s["stuck"]["pending"], 50, "{s:#}");
     assert_eq!(reasons(s)["storm"], 50, "{s:#}");
     assert_eq!(s["decisions"].get("requeue"), None);
     let text = stdout(&run(&["report", "-c", cfg.to_str().unwrap()]));
     assert!(text.contains("hold") && text.contains("storm"), "{text}");
-    let done = once(&cfg, 0);
+    let done = once_json(&cfg, 0);
     let s = sweep_json(&done, "notifications");
     assert_eq!(s["outcomes"]["applied"].get("requeue"), None, "{s:#}");
     assert!(
@@ -390,7 +368,7 @@ async fn rabbitmq_gets_each_job_once_with_its_idempotency_key() {
     let with_queue = |p: &Path| edit(p, "job: {queue: notify,", &format!("job: {{queue: {q},"));
     // The broker is down (nothing listens there): the pass fails cleanly.
     let down = with_queue(&edit(&base, &resque_block(), &amqp_block(1)));
-    let s = once(&down, 1);
+    let s = once_json(&down, 1);
     let s = sweep_json(&s, "notifications");
     assert_eq!(s["outcomes"]["failed"], 3, "{s:#}");
     assert!(
@@ -409,7 +387,7 @@ async fn rabbitmq_gets_each_job_once_with_its_idempotency_key() {
 
     // The broker is back: a later pass requeues them, each exactly once.
     let up = with_queue(&edit(&base, &resque_block(), &amqp_block(5672)));
-    let s = once(&up, 0);
+    let s = once_json(&up, 0);
     assert_eq!(
         sweep_json(&s, "notifications")["outcomes"]["applied"]["requeue"],
         3
@@ -462,7 +440,7 @@ async fn rabbitmq_gets_each_job_once_with_its_idempotency_key() {
         assert_eq!(body["args"], want);
     }
     // Right after: nothing published again.
-    let s = once(&up, 0);
+    let s = once_json(&up, 0);
     assert_eq!(
         keys_with(sweep_json(&s, "notifications"), "requeue"),
         Vec::<String>::new()
@@ -499,7 +477,7 @@ async fn rabbitmq_nacks_and_unroutable_messages_are_not_requeued() {
         "job: {queue: notify,",
         &format!("job: {{queue: {full},"),
     );
-    let s = once(&nack, 1);
+    let s = once_json(&nack, 1);
     let s = sweep_json(&s, "notifications");
     assert_eq!(s["outcomes"]["failed"], 3, "{s:#}");
     assert!(
@@ -519,7 +497,7 @@ async fn rabbitmq_nacks_and_unroutable_messages_are_not_requeued() {
         "job: {queue: notify,",
         &format!("job: {{queue: {},", unique("no_such_queue")),
     );
-    let s = once(&nowhere, 1);
+    let s = once_json(&nowhere, 1);
     let s = sweep_json(&s, "notifications");
     assert_eq!(s["outcomes"]["failed"], 3, "{s:#}");
     assert!(
@@ -650,7 +628,7 @@ async fn http_job_api_accepts_retries_5xx_and_fails_4xx() {
         &json!({"class": "NotifyUser", "args": [12, 2], "queue": "notify"})
     );
     // The refused row is not in the ledger: the next pass tries it again.
-    let s = once(&cfg, 1);
+    let s = once_json(&cfg, 1);
     let s = sweep_json(&s, "notifications");
     assert_eq!(keys_with(s, "requeue"), ["3"], "{s:#}");
     b.cleanup().await;

@@ -383,10 +383,7 @@ async fn finds_the_same_stale_rows(ts: Ts) {
     let b = Backend::new(ts, dir.path()).await;
     let ns = unique("resque_it");
     let cfg = config(&b, dir.path(), &ns, 5);
-    let report = run_json(
-        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let report = report_json(&cfg);
     let s = sweep_json(&report, "notifications");
     assert_eq!(
         s["stuck"],
@@ -537,7 +534,7 @@ async fn explain_shows_evidence_lines_and_the_decision() {
     let b = Backend::new(Ts::SqliteText, dir.path()).await;
     let cfg = config(&b, dir.path(), "unused", 5);
     let c = cfg.to_str().unwrap();
-    let explain = |key: &str| run(&["explain", "-c", c, "--sweep", "notifications", "--key", key]);
+    let explain = |key: &str| explain(&cfg, "notifications", key);
 
     let o = explain("6");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -809,10 +806,7 @@ sweeps:
         jobs = jobs.display(),
     );
     let cfg = write(dir.path(), "rails.yaml", &yaml);
-    let done = run_json(
-        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let done = once_json(&cfg, 0);
     let s = sweep_json(&done, "receipts");
     assert_eq!(
         s["totals"],
@@ -840,10 +834,7 @@ sweeps:
     .await
     .unwrap();
     assert_eq!(status, 3, "the integer error state");
-    let again = run_json(
-        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-        0,
-    );
+    let again = once_json(&cfg, 0);
     assert_eq!(
         keys_with(sweep_json(&again, "receipts"), "requeue"),
         Vec::<String>::new()

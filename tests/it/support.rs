@@ -289,3 +289,32 @@ pub fn reasons(sweep: &serde_json::Value) -> std::collections::BTreeMap<String, 
         })
         .unwrap_or_default()
 }
+
+/// `sweeper report -c CFG --format json` (exit 0), parsed.
+pub fn report_json(cfg: &Path) -> serde_json::Value {
+    run_json(
+        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
+        0,
+    )
+}
+
+/// `sweeper once -c CFG --format json`, expecting exit `code`, parsed.
+pub fn once_json(cfg: &Path, code: i32) -> serde_json::Value {
+    run_json(
+        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
+        code,
+    )
+}
+
+/// `sweeper explain -c CFG --sweep SWEEP --key KEY`.
+pub fn explain(cfg: &Path, sweep: &str, key: &str) -> Output {
+    run(&[
+        "explain",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--sweep",
+        sweep,
+        "--key",
+        key,
+    ])
+}
