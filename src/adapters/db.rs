@@ -597,6 +597,10 @@ impl Db {
     /// Apply state changes in one transaction, each guarded by the row's
     /// state and version as read. Returns, per transition, whether it
     /// applied (`false` = the row had already moved on).
+    ///
+    /// One statement per (from, to) pair and chunk: an `UPDATE` joined to
+    /// a `VALUES` list of (key, version) pairs that re-asserts key, state
+    /// and version for every row and returns the keys it changed.
     pub async fn transition(
         &self,
         t: &SweepTable,
@@ -605,39 +609,45 @@ impl Db {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
+        let mut groups: Vec<((RowState, Target), Vec<&StuckRow>)> = Vec::new();
+        for c in changes {
+            let k = (c.row.state, c.to);
+            match groups.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, rows)) => rows.push(c.row),
+                None => groups.push((k, vec![c.row])),
+            }
+        }
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(self.err("starting a transaction"))?;
-        let mut applied = Vec::with_capacity(changes.len());
-        for c in changes {
-            let to = match c.to {
-                Target::Pending => &t.pending,
-                Target::Sent => &t.sent,
-                Target::Error => &t.error,
-            };
-            let sql = format!(
-                "UPDATE {table} SET {state} = {to} WHERE {key} = {kp} AND {state} = {from} AND {ver} = {vp}",
-                table = t.table,
-                state = t.state,
-                to = to.sql_literal(),
-                key = t.key,
-                kp = t.key_param(1),
-                from = t.literal(c.row.state),
-                ver = t.text(&t.ts),
-                vp = ph(t.dialect, 2),
-            );
-            let res = t
-                .bind_key(sqlx::query(&sql), c.row)
-                .bind(c.row.version.clone())
-                .execute(&mut *tx)
-                .await
-                .map_err(self.err(format!("updating {} {}", t.table, c.row.key)))?;
-            applied.push(res.rows_affected() > 0);
+        let mut changed: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for ((from, to), rows) in &groups {
+            for chunk in rows.chunks(GUARDED_CHUNK) {
+                let sql = t.guarded_update(*from, *to, chunk.len());
+                let mut q = sqlx::query(&sql);
+                for r in chunk {
+                    q = t.bind_key(q, r).bind(r.version.clone());
+                }
+                let keys = q.fetch_all(&mut *tx).await.map_err(self.err(format!(
+                    "updating {} row(s) of {}",
+                    chunk.len(),
+                    t.table
+                )))?;
+                for k in keys {
+                    let key: String = k
+                        .try_get(0)
+                        .map_err(self.err(format!("updating rows of {}", t.table)))?;
+                    changed.insert(key);
+                }
+            }
         }
         tx.commit().await.map_err(self.err("committing updates"))?;
-        Ok(applied)
+        Ok(changes
+            .iter()
+            .map(|c| changed.contains(&c.row.key))
+            .collect())
     }
 
     pub async fn ledger_exists(&self) -> Result<bool, DbError> {
@@ -739,7 +749,7 @@ impl Db {
         entries: &[(&str, &str, u32)],
         now: Timestamp,
     ) -> Result<(), DbError> {
-        for chunk in entries.chunks(200) {
+        for chunk in entries.chunks(500) {
             let mut sql = format!(
                 "INSERT INTO {} (sweep, row_key, row_version, attempts, last_requeued_at) VALUES ",
                 self.ledger.quoted()
@@ -940,6 +950,10 @@ impl Db {
     }
 }
 
+/// Rows per guarded `UPDATE` statement (two bound values each; well
+/// under both Postgres' and SQLite's parameter limits).
+const GUARDED_CHUNK: usize = 1000;
+
 fn epoch_of(t: Timestamp) -> f64 {
     t.timestamp() as f64 + f64::from(t.timestamp_subsec_nanos()) / 1e9
 }
@@ -993,6 +1007,74 @@ impl SweepTable {
             let _ = write!(sql, ", {} AS sweeper_lookup_{i}", self.text(l));
         }
         sql
+    }
+
+    /// `UPDATE` of `n` rows from `from` to `to`, each re-asserting its key,
+    /// state and version (bound as key, version pairs), returning the keys
+    /// of the rows it changed.
+    fn guarded_update(&self, from: RowState, to: Target, n: usize) -> String {
+        let to = match to {
+            Target::Pending => &self.pending,
+            Target::Sent => &self.sent,
+            Target::Error => &self.error,
+        }
+        .sql_literal();
+        let from = self.literal(from);
+        match self.dialect {
+            Dialect::Postgres => {
+                let values: Vec<String> = (0..n)
+                    .map(|i| {
+                        format!(
+                            "({}, {})",
+                            self.key_param(2 * i + 1),
+                            ph(self.dialect, 2 * i + 2)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "UPDATE {table} AS sweeper_t SET {state} = {to} \
+                     FROM (VALUES {values}) AS sweeper_v(sweeper_k, sweeper_ver) \
+                     WHERE sweeper_t.{key} = sweeper_v.sweeper_k AND sweeper_t.{state} = {from} \
+                     AND {ver} = sweeper_v.sweeper_ver RETURNING {rkey}",
+                    table = self.table,
+                    state = self.state,
+                    values = values.join(", "),
+                    key = self.key,
+                    ver = self.text(&format!("sweeper_t.{}", self.ts)),
+                    rkey = self.text(&format!("sweeper_t.{}", self.key)),
+                )
+            }
+            Dialect::Sqlite => {
+                let values: Vec<String> = (0..n)
+                    .map(|i| {
+                        format!(
+                            "({}, {})",
+                            ph(self.dialect, 2 * i + 1),
+                            ph(self.dialect, 2 * i + 2)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "UPDATE {table} SET {state} = {to} WHERE {state} = {from} \
+                     AND ({key}, {ver}) IN (VALUES {values}) RETURNING {rkey}",
+                    table = self.table,
+                    state = self.state,
+                    key = self.key,
+                    ver = self.text(&self.ts),
+                    values = values.join(", "),
+                    rkey = self.text(&self.key),
+                )
+            }
+        }
+    }
+
+    /// The same table, selecting no job arguments (for reads that only
+    /// need keys, times and lookup values).
+    pub fn without_args(&self) -> SweepTable {
+        SweepTable {
+            args: Vec::new(),
+            ..self.clone()
+        }
     }
 
     /// A column as text.

@@ -310,43 +310,87 @@ fn epoch(t: Timestamp) -> i64 {
     t.timestamp()
 }
 
-/// Ask the source about `rows`.
+/// One provider source for the length of a pass: its client (rate limit,
+/// concurrency, circuit breaker) lives across every page the pass asks it
+/// about, so a source that failed for good stays quiet for the whole pass.
+pub struct Source {
+    name: String,
+    cfg: ProviderConfig,
+    client: Result<Client, String>,
+}
+
+impl Source {
+    pub fn new(name: &str, cfg: &ProviderConfig) -> Source {
+        let auth = match &cfg.api {
+            ProviderApi::Mailgun { api_key, .. } => Auth::Basic("api".into(), api_key.clone()),
+            ProviderApi::Sendgrid { api_key } => Auth::Bearer(api_key.clone()),
+            ProviderApi::Postmark { token, .. } => {
+                Auth::Header("X-Postmark-Server-Token", token.clone())
+            }
+            ProviderApi::Http { headers, .. } => Auth::Headers(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+        };
+        Source {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            client: Client::new(name, cfg, auth),
+        }
+    }
+
+    /// Whether asking about `rows` at once is one time-range scan rather
+    /// than one query per key (Mailgun above `time_range_above`): such a
+    /// scan is made once per pass for every row, not once per page.
+    pub fn scans_time_range(&self, rows: usize) -> bool {
+        matches!(self.cfg.api, ProviderApi::Mailgun { .. }) && rows > self.cfg.time_range_above
+    }
+
+    /// Ask the source about `rows`.
+    pub async fn fetch(&self, rows: &[WantedRow], keep_text: bool) -> ProviderScan {
+        let mut scan = ProviderScan {
+            store: TraceStore::new(keep_text),
+            ..Default::default()
+        };
+        if rows.is_empty() {
+            return scan;
+        }
+        let client = match &self.client {
+            Ok(c) => c,
+            Err(e) => {
+                for r in rows {
+                    scan.failed.insert(r.key.clone(), e.clone());
+                }
+                return scan;
+            }
+        };
+        let before = client.requests.load(Ordering::Relaxed);
+        fetch_with(&self.name, &self.cfg, client, rows, &mut scan).await;
+        scan.requests = client.requests.load(Ordering::Relaxed) - before;
+        scan
+    }
+}
+
+/// Ask the source about `rows` (a one-off `Source`).
 pub async fn fetch(
     name: &str,
     cfg: &ProviderConfig,
     rows: &[WantedRow],
     keep_text: bool,
 ) -> ProviderScan {
-    let mut scan = ProviderScan {
-        store: TraceStore::new(keep_text),
-        ..Default::default()
-    };
-    if rows.is_empty() {
-        return scan;
-    }
+    Source::new(name, cfg).fetch(rows, keep_text).await
+}
+
+async fn fetch_with(
+    name: &str,
+    cfg: &ProviderConfig,
+    client: &Client,
+    rows: &[WantedRow],
+    scan: &mut ProviderScan,
+) {
     let base = cfg.base_url.trim_end_matches('/').to_string();
-    let auth = match &cfg.api {
-        ProviderApi::Mailgun { api_key, .. } => Auth::Basic("api".into(), api_key.clone()),
-        ProviderApi::Sendgrid { api_key } => Auth::Bearer(api_key.clone()),
-        ProviderApi::Postmark { token, .. } => {
-            Auth::Header("X-Postmark-Server-Token", token.clone())
-        }
-        ProviderApi::Http { headers, .. } => Auth::Headers(
-            headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-    };
-    let client = match Client::new(name, cfg, auth) {
-        Ok(c) => c,
-        Err(e) => {
-            for r in rows {
-                scan.failed.insert(r.key.clone(), e.clone());
-            }
-            return scan;
-        }
-    };
     let wanted: HashSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
     let conc = cfg.concurrency.max(1) as usize;
     let mut events: Vec<ProviderEvent> = Vec::new();
@@ -361,7 +405,7 @@ pub async fn fetch(
             if rows.len() > cfg.time_range_above {
                 // One time-range scan, matched locally.
                 let begin = rows.iter().map(|r| r.since).min().map(epoch).unwrap_or(0);
-                match mailgun_pages(&client, url(format!("begin={begin}&"))).await {
+                match mailgun_pages(client, url(format!("begin={begin}&"))).await {
                     Ok(ev) => {
                         events.extend(ev.into_iter().filter(|e| wanted.contains(e.key.as_str())))
                     }
@@ -378,7 +422,6 @@ pub async fn fetch(
                         encode(&r.key),
                         epoch(r.since)
                     ));
-                    let client = &client;
                     async move { (r.key.clone(), mailgun_pages(client, u).await) }
                 })
                 .await;
@@ -398,7 +441,6 @@ pub async fn fetch(
                 .map(|c| c.iter().map(|r| r.key.clone()).collect())
                 .collect();
             let results = bounded(&batches, conc, |keys| {
-                let client = &client;
                 let base = &base;
                 async move {
                     if let Some(bad) = keys.iter().find(|k| k.contains('\'') || k.contains('%')) {
@@ -435,7 +477,6 @@ pub async fn fetch(
         }
         ProviderApi::Postmark { metadata_key, .. } => {
             let results = bounded(rows, conc, |r| {
-                let client = &client;
                 let base = &base;
                 async move {
                     let ids = match metadata_key {
@@ -483,7 +524,6 @@ pub async fn fetch(
             ..
         } => {
             let results = bounded(rows, conc, |r| {
-                let client = &client;
                 async move {
                     let mut u = url.replace("{key}", &encode(&r.key));
                     for (col, val) in &r.fields {
@@ -520,8 +560,6 @@ pub async fn fetch(
         e.key = normalize_key(&e.key).to_string();
     }
     provider::record(&mut scan.store, &mut events, &mut scan.refs);
-    scan.requests = client.requests.load(Ordering::Relaxed);
-    scan
 }
 
 #[cfg(test)]

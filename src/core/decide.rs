@@ -319,41 +319,120 @@ fn unbacked(d: &Decision) -> bool {
     }
 }
 
-/// Decide every row of one sweep for one pass, applying the brakes:
-/// `hold_above` and `require_workers` hold unbacked writes; `max_actions`
-/// caps the writes of the pass (the rest are held until the next one).
+/// The planner of one sweep's pass, fed page by page: it carries the brakes
+/// and the `max_actions` budget from one page to the next, so a pass that
+/// streams its rows decides exactly as one that saw them all at once.
+#[derive(Clone, Debug)]
+pub struct Planner<'r> {
+    rules: &'r Rules,
+    storm: bool,
+    no_workers: bool,
+    writes: u32,
+}
+
+impl<'r> Planner<'r> {
+    /// The storm brake is decided here, from counts, before any row is read.
+    pub fn new(rules: &'r Rules, brakes: Brakes) -> Self {
+        Planner {
+            rules,
+            storm: rules
+                .limits
+                .hold_above
+                .is_some_and(|limit| brakes.stale_rows > limit),
+            no_workers: brakes.workers_alive == Some(false),
+            writes: 0,
+        }
+    }
+
+    /// Decide one row, applying the brakes: `hold_above` and
+    /// `require_workers` hold unbacked writes; `max_actions` caps the writes
+    /// of the pass (the rest are held until the next one).
+    pub fn decide(&mut self, row: &StuckRow, ctx: &RowContext<'_>, now: Timestamp) -> Decision {
+        let mut d = decide(self.rules, row, ctx, now);
+        if unbacked(&d) {
+            if self.storm {
+                d = Decision::new(Action::Hold, Reason::Storm);
+            } else if self.no_workers {
+                d = Decision::new(Action::Hold, Reason::NoWorkers);
+            }
+        }
+        if d.action.writes() {
+            if self.spent() {
+                d = Decision::new(Action::Hold, Reason::MaxActions);
+            } else {
+                self.writes += 1;
+            }
+        }
+        d
+    }
+
+    /// Whether the pass has used its whole `max_actions` budget: every
+    /// further write is held, so evidence that costs requests (provider
+    /// APIs) need not be asked for.
+    pub fn spent(&self) -> bool {
+        self.writes >= self.rules.limits.max_actions
+    }
+
+    /// The decision for a stale sending row whose evidence was not asked
+    /// for because the budget is spent: held until the next pass.
+    pub fn unasked(&self) -> Decision {
+        Decision::new(Action::Hold, Reason::MaxActions)
+    }
+}
+
+/// Decide every row of one sweep for one pass, applying the brakes (see
+/// `Planner`, which this feeds one row at a time).
 pub fn plan<'a>(
     rules: &Rules,
     rows: impl IntoIterator<Item = (&'a StuckRow, RowContext<'a>)>,
     brakes: Brakes,
     now: Timestamp,
 ) -> Vec<Decision> {
-    let storm = rules
-        .limits
-        .hold_above
-        .is_some_and(|limit| brakes.stale_rows > limit);
-    let no_workers = brakes.workers_alive == Some(false);
-    let mut writes = 0u32;
+    let mut planner = Planner::new(rules, brakes);
     rows.into_iter()
-        .map(|(row, ctx)| {
-            let mut d = decide(rules, row, &ctx, now);
-            if unbacked(&d) {
-                if storm {
-                    d = Decision::new(Action::Hold, Reason::Storm);
-                } else if no_workers {
-                    d = Decision::new(Action::Hold, Reason::NoWorkers);
-                }
-            }
-            if d.action.writes() {
-                if writes >= rules.limits.max_actions {
-                    d = Decision::new(Action::Hold, Reason::MaxActions);
-                } else {
-                    writes += 1;
-                }
-            }
-            d
-        })
+        .map(|(row, ctx)| planner.decide(row, &ctx, now))
         .collect()
+}
+
+/// The order a pass walks a sweep's stuck rows in, which is the order the
+/// `max_actions` budget is spent in: sending rows first, so marks backed by
+/// a delivery or bounce record (and give-ups that are due) are never starved
+/// by a pile of pending requeues; requeues of rows the app has not touched
+/// can wait a pass without harm, and their jobs may still arrive meanwhile.
+pub const BUDGET_ORDER: [RowState; 2] = [RowState::Sending, RowState::Pending];
+
+/// A source's answer for a row, with its visibility lag applied: a source
+/// that may not show events younger than `lag` proves nothing by not
+/// finding a row that young, so "not found" becomes in flight (`lagging`).
+pub fn with_lag(verdict: Verdict, row_age: TimeDelta, lag: Duration) -> Verdict {
+    if verdict == Verdict::NotFound && row_age < delta(lag) {
+        Verdict::InFlight {
+            reason: InFlightReason::Lagging,
+        }
+    } else {
+        verdict
+    }
+}
+
+/// When a row's evidence expires at the first source to drop it, for rows
+/// that still await a verdict (sending, not settled by this decision) and
+/// that no give-up policy will settle first. `retentions` lists the
+/// retention of every source the row is looked up in, where known.
+pub fn row_evidence_expiry(
+    row: &StuckRow,
+    decision: &Decision,
+    give_up_after: Option<Duration>,
+    retentions: impl IntoIterator<Item = Duration>,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let give_up = give_up_after?;
+    if row.state != RowState::Sending || decision.action.writes() {
+        return None;
+    }
+    retentions
+        .into_iter()
+        .filter_map(|ret| evidence_expiry(row.updated_at, ret, give_up, now))
+        .min()
 }
 
 #[cfg(test)]
@@ -810,5 +889,109 @@ mod tests {
         rows.push(row(RowState::Pending, -HOUR));
         let ds = plan_all(&rules, &rows, &[], Brakes::default());
         assert_eq!(ds[3].action, Action::Requeue);
+    }
+
+    #[test]
+    fn a_planner_fed_in_pages_decides_like_one_plan_over_all_rows() {
+        let mut rules = rules();
+        rules.limits.max_actions = 7;
+        let mut rows = stale_rows(20);
+        rows[3].updated_at = t(-MIN); // fresh: leave, no budget used
+        let ev: [SourceVerdict; 0] = [];
+        let whole = plan_all(&rules, &rows, &ev, Brakes::default());
+        for page in [1, 3, 7, 20] {
+            let mut planner = Planner::new(&rules, Brakes::default());
+            let mut streamed = Vec::new();
+            for chunk in rows.chunks(page) {
+                for r in chunk {
+                    streamed.push(planner.decide(r, &RowContext::default(), t(0)));
+                }
+            }
+            assert_eq!(streamed, whole, "pages of {page}");
+        }
+        assert_eq!(
+            whole.iter().filter(|d| d.action == Action::Requeue).count(),
+            7
+        );
+    }
+
+    #[test]
+    fn a_spent_budget_holds_the_rest_and_says_so() {
+        let mut rules = rules();
+        rules.limits.max_actions = 1;
+        let mut planner = Planner::new(&rules, Brakes::default());
+        let r = row(RowState::Pending, -HOUR);
+        assert!(!planner.spent());
+        assert_eq!(
+            planner.decide(&r, &RowContext::default(), t(0)).action,
+            Action::Requeue
+        );
+        assert!(planner.spent());
+        assert_eq!(
+            planner.unasked(),
+            Decision::new(Action::Hold, Reason::MaxActions)
+        );
+    }
+
+    #[test]
+    fn the_budget_is_spent_on_sending_rows_before_pending_ones() {
+        assert_eq!(BUDGET_ORDER, [RowState::Sending, RowState::Pending]);
+        assert_eq!(BUDGET_ORDER.len(), RowState::ALL.len());
+    }
+
+    #[test]
+    fn not_found_within_the_visibility_lag_is_lagging() {
+        let lagging = Verdict::InFlight {
+            reason: InFlightReason::Lagging,
+        };
+        let table = [
+            // (verdict, row age, lag, expected)
+            (Verdict::NotFound, 5 * MIN, 10 * MIN, lagging.clone()),
+            (Verdict::NotFound, 10 * MIN, 10 * MIN, Verdict::NotFound),
+            (Verdict::NotFound, HOUR, 0, Verdict::NotFound),
+            (Verdict::Delivered, MIN, 10 * MIN, Verdict::Delivered),
+            (deferred(), MIN, 10 * MIN, deferred()),
+            (Verdict::Unavailable, MIN, 10 * MIN, Verdict::Unavailable),
+        ];
+        for (v, age, lag, want) in table {
+            let got = with_lag(
+                v.clone(),
+                TimeDelta::seconds(age),
+                Duration::from_secs(lag as u64),
+            );
+            assert_eq!(got, want, "{v:?} at age {age}s with lag {lag}s");
+        }
+    }
+
+    #[test]
+    fn evidence_expiry_is_the_first_source_to_drop_an_unsettled_sending_row() {
+        let day = Duration::from_secs(86_400);
+        let sending = row(RowState::Sending, -HOUR);
+        let leave = Decision::new(Action::Leave, Reason::AwaitingEvidence);
+        let mark = Decision::new(Action::MarkSent, Reason::Delivered);
+        let give_up = Some(Duration::from_secs(30 * 86_400));
+        // Two sources keep 3 and 5 days: the first to drop it wins.
+        assert_eq!(
+            row_evidence_expiry(&sending, &leave, give_up, [5 * day, 3 * day], t(0)),
+            Some(t(-HOUR) + TimeDelta::days(3))
+        );
+        // Settled now, no give-up rule, a pending row, or no retention: none.
+        assert_eq!(
+            row_evidence_expiry(&sending, &mark, give_up, [day], t(0)),
+            None
+        );
+        assert_eq!(
+            row_evidence_expiry(&sending, &leave, None, [day], t(0)),
+            None
+        );
+        let pending = row(RowState::Pending, -HOUR);
+        assert_eq!(
+            row_evidence_expiry(&pending, &leave, give_up, [day], t(0)),
+            None
+        );
+        assert_eq!(
+            row_evidence_expiry(&sending, &leave, give_up, [], t(0)),
+            None
+        );
     }
 }

@@ -1,13 +1,25 @@
 //! One pass over the selected sweeps: the path shared by `report`,
 //! `explain`, `once` and `run` up to the plan; a dry run stops there.
 //!
-//! Phases:
-//! 1. collect — per sweep: take its lock (real passes), read the database
-//!    clock, count rows, fetch stuck rows page by page, read the ledger;
-//! 2. evidence — per evidence source, one scan for the lookup keys of *all*
-//!    sweeps' stuck sending rows;
-//! 3. settle — per sweep: plan with the pure core, then (unless dry run)
-//!    apply: guarded updates, queue pushes, ledger writes.
+//! A pass is a pipeline of pages, and memory follows the page, not the pile:
+//! 1. open — per sweep: take its lock (real passes), read the database
+//!    clock, count rows and summarise the stale ones (count, oldest) with
+//!    aggregate queries; the storm brake is decided from these counts;
+//! 2. evidence read once per pass — each log source (or a provider's
+//!    time-range scan) is read once for the lookup keys of every sweep's
+//!    stale sending rows, collected by a keys-only walk into a compact
+//!    per-key trace index; the daemon instead polls its long-lived tailers;
+//! 3. walk — per sweep, per state in budget order (sending, then pending),
+//!    per keyset page of `batch_size` stale rows: read the page's ledger
+//!    entries, look up its evidence (providers asked per page, and not at
+//!    all once `max_actions` is spent), check queue presence, plan with the
+//!    pure core, apply unless dry run, account, and drop the page. One
+//!    `RowWork` value per row carries row, ledger entry, evidence, presence,
+//!    decision and outcome through the page.
+//!
+//! What outlives a page: counts, at most `max_rows` listed rows per sweep,
+//! the keys of rows this pass moved from sending back to pending (at most
+//! `max_actions`), and in single-row mode (`explain`) that one row.
 //!
 //! Owns: orchestration and error accounting. Does not own: decisions
 //! (core::decide) or SQL/wire formats (adapters).
@@ -15,11 +27,13 @@
 use crate::adapters::db::{Db, DbError, LockGuard, StaleSummary, SweepTable, Target, Transition};
 use crate::adapters::logfile::{self, ScanStats};
 use crate::adapters::provider::{self, WantedRow};
+use crate::adapters::queue::presence::PresenceIndex;
 use crate::adapters::queue::{JobRequest, QueueClient, QueueError};
 use crate::adapters::tail::Tailer;
-use crate::config::{Config, EvidenceKind, QueueKind, SweepConfig};
-use crate::core::decide::{plan, Brakes, RowContext};
-use crate::core::evidence::{KeyFilter, LineRef, TraceStore};
+use crate::config::{Config, EvidenceKind, EvidenceRef, QueueKind, SweepConfig};
+use crate::core::decide::BUDGET_ORDER;
+use crate::core::decide::{row_evidence_expiry, with_lag, Brakes, Planner, RowContext};
+use crate::core::evidence::{normalize_key, KeyFilter, LineRef, TraceStore};
 use crate::core::model::{
     Action, Decision, LedgerEntry, Outcome, Presence, RowState, SourceVerdict, Stage, StuckRow,
     Timestamp, Verdict,
@@ -31,8 +45,11 @@ use chrono::TimeDelta;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A daemon's log tailer, shared by the passes of every sweep reading it.
+pub type SharedTailer = Arc<tokio::sync::Mutex<Tailer>>;
 
 /// Connections kept across passes (the daemon reuses them).
 #[derive(Default)]
@@ -40,13 +57,25 @@ pub struct Connections {
     dbs: HashMap<String, Db>,
     queues: HashMap<String, QueueClient>,
     ledger_ready: HashSet<String>,
-    /// The daemon's incremental log readers, by source name.
-    tailers: HashMap<String, Tailer>,
+    /// The daemon's incremental log readers, by source name; shared with
+    /// every `fork` of these connections.
+    tailers: Arc<Mutex<HashMap<String, SharedTailer>>>,
 }
 
 impl Connections {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Connections for a pass that runs beside others: the same database
+    /// pools and log tailers, queue connections of its own.
+    pub fn fork(&self) -> Connections {
+        Connections {
+            dbs: self.dbs.clone(),
+            queues: HashMap::new(),
+            ledger_ready: self.ledger_ready.clone(),
+            tailers: self.tailers.clone(),
+        }
     }
 
     /// The named database, connecting on first use.
@@ -85,13 +114,32 @@ impl Connections {
         self.queues.remove(name);
     }
 
+    /// The daemon's tailer of a log source, created on first use.
+    fn tailer(&self, name: &str, make: impl FnOnce() -> Tailer) -> SharedTailer {
+        self.tailers
+            .lock()
+            .expect("tailer map lock")
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(make())))
+            .clone()
+    }
+
+    fn replace_tailer(&self, name: &str, t: Tailer) -> SharedTailer {
+        let shared = Arc::new(tokio::sync::Mutex::new(t));
+        self.tailers
+            .lock()
+            .expect("tailer map lock")
+            .insert(name.to_string(), shared.clone());
+        shared
+    }
+
     pub async fn close(&mut self) {
         for db in self.dbs.values() {
             db.close().await;
         }
         self.dbs.clear();
         self.queues.clear();
-        self.tailers.clear();
+        self.tailers.lock().expect("tailer map lock").clear();
     }
 }
 
@@ -139,16 +187,9 @@ pub trait EvidenceIndex: Sync {
     fn lag(&self) -> Duration {
         Duration::ZERO
     }
-    fn retention(&self) -> Option<Duration> {
-        None
-    }
     /// Whether the row's time window applies to this source's evidence.
     fn windowed(&self) -> bool {
         true
-    }
-    /// Some per-key failure, if any (the source is partly down).
-    fn any_key_error(&self) -> Option<&str> {
-        None
     }
 }
 
@@ -174,14 +215,8 @@ impl EvidenceIndex for SourceScan {
     fn key_error(&self, key: &str) -> Option<&str> {
         self.failed.get(key).map(String::as_str)
     }
-    fn any_key_error(&self) -> Option<&str> {
-        self.failed.values().next().map(String::as_str)
-    }
     fn lag(&self) -> Duration {
         self.lag
-    }
-    fn retention(&self) -> Option<Duration> {
-        self.retention
     }
     fn windowed(&self) -> bool {
         self.windowed
@@ -202,8 +237,6 @@ impl EvidenceIndex for Tailer {
         Tailer::slack(self)
     }
 }
-
-type Views<'a> = BTreeMap<String, Result<&'a (dyn EvidenceIndex + Sync), String>>;
 
 /// The scan of one evidence source.
 pub struct SourceScan {
@@ -238,6 +271,24 @@ impl SourceScan {
             windowed: true,
         }
     }
+
+    fn of_provider(cfg: &crate::config::ProviderConfig, ps: provider::ProviderScan) -> Self {
+        SourceScan {
+            files: Vec::new(),
+            store: ps.store,
+            stats: ScanStats {
+                files: 0,
+                bytes: 0,
+                lines: ps.requests,
+            },
+            slack: cfg.slack,
+            refs: ps.refs,
+            failed: ps.failed,
+            lag: cfg.visibility_lag,
+            retention: cfg.retention,
+            windowed: !matches!(cfg.api, crate::config::ProviderApi::Http { .. }),
+        }
+    }
 }
 
 /// Everything a pass produced.
@@ -245,9 +296,11 @@ pub struct PassResult {
     pub report: Report,
     /// Evidence lookups by (source, verdict label).
     pub lookups: BTreeMap<(String, &'static str), u64>,
-    /// Per source: the scan, or why it failed.
+    /// Per source read once for this pass (and, in single-row mode, every
+    /// source asked about the row): the scan, or why it failed.
     pub scans: BTreeMap<String, Result<SourceScan, String>>,
-    /// Stuck rows and decisions per sweep (for `explain`).
+    /// Per sweep: the clock, and in single-row mode the row and its
+    /// decision (for `explain`). Nothing per row otherwise.
     pub details: Vec<SweepDetail>,
     /// Every evidence source read in this pass: `None` when it was read,
     /// else why not.
@@ -261,33 +314,85 @@ impl PassResult {
     }
 }
 
-/// A sweep's rows as decided in this pass.
+/// A sweep as seen by this pass.
 pub struct SweepDetail {
     pub sweep: String,
     pub now: Option<Timestamp>,
+    /// Single-row mode only: the row, its decision, evidence and ledger
+    /// entry, when it is stuck in a state the sweep has a rule for.
     pub rows: Vec<(StuckRow, Decision, Vec<SourceVerdict>, Option<LedgerEntry>)>,
     /// In single-row mode: the row's state as text and the row, whatever
     /// its state (`None` when no row has that key).
     pub target: Option<(String, StuckRow)>,
 }
 
+/// What went wrong in a pass, typed until it is rendered into the report.
+#[derive(Debug, thiserror::Error)]
+enum Fault {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// An evidence source could not be read or asked (already rendered by
+    /// the adapter, which owns the source's words).
+    #[error("{0}")]
+    Source(String),
+    #[error("no pending job configured")]
+    NoJob,
+    #[error("queue {queue}: {message}")]
+    Rejected { queue: String, message: String },
+}
+
+/// Record a stage error once per (stage, message) in a sweep's report.
+fn note(errors: &mut Vec<PassError>, stage: Stage, fault: &Fault) {
+    let message = fault.to_string();
+    if !errors
+        .iter()
+        .any(|e| e.stage == stage && e.message == message)
+    {
+        errors.push(PassError { stage, message });
+    }
+}
+
+fn failed(stage: Stage, fault: &Fault) -> Outcome {
+    Outcome::Failed {
+        stage,
+        error: fault.to_string(),
+    }
+}
+
 /// Phase 1 output for one sweep.
-struct Collected<'c> {
+struct Opened<'c> {
     sweep: &'c SweepConfig,
     report: SweepReport,
     started: Instant,
+    lock: Option<LockGuard>,
     ready: Option<Ready>,
 }
 
+/// A sweep whose table could be read.
 struct Ready {
     db: Db,
     table: SweepTable,
     now: Timestamp,
+    /// Per stuck state with a rule: rows older than this are stale.
+    cutoffs: PerState<Option<Timestamp>>,
     stale: PerState<StaleSummary>,
-    rows: Vec<StuckRow>,
-    ledger: HashMap<String, LedgerEntry>,
     /// In single-row mode (`opts.key`): the row's state text and the row.
     target: Option<(String, StuckRow)>,
+}
+
+/// One page's row, carried through lookup, planning, apply and accounting.
+struct RowWork {
+    row: StuckRow,
+    ledger: Option<LedgerEntry>,
+    /// One verdict per configured evidence entry (sending rows; empty when
+    /// the row was not looked up because the action budget was spent).
+    evidence: Vec<SourceVerdict>,
+    presence: Option<Presence>,
+    decision: Decision,
+    expires: Option<Timestamp>,
+    outcome: Outcome,
 }
 
 /// Run one pass. `wall_now` is only used for log-year inference and the
@@ -304,34 +409,23 @@ pub async fn run_pass(
         .filter(|s| opts.only.is_empty() || opts.only.contains(&s.name))
         .collect();
 
-    let mut collected = Vec::with_capacity(selected.len());
-    // Sweep locks, held from collect to the end of settle (real passes).
-    let mut locks: Vec<Option<LockGuard>> = Vec::with_capacity(selected.len());
+    let mut opened = Vec::with_capacity(selected.len());
     for s in selected {
-        if opts.stopping() {
-            let mut report = SweepReport::empty(&s.name, &s.table.to_string());
-            report.skipped = Some("shutting down".into());
-            collected.push(Collected {
-                sweep: s,
-                report,
-                started: Instant::now(),
-                ready: None,
-            });
-            locks.push(None);
-            continue;
-        }
-        let (c, lock) = collect(cfg, conns, s, opts).await;
-        collected.push(c);
-        locks.push(lock);
+        opened.push(open(cfg, conns, s, opts).await);
     }
 
-    let scans = scan_evidence(cfg, &collected, opts, wall_now).await;
+    let mut sources = BTreeMap::new();
+    let mut scans = read_once(cfg, &mut opened, opts, wall_now).await;
     let tailers = if opts.incremental {
-        poll_tailers(cfg, conns, &collected, wall_now).await
+        let used: HashSet<String> = opened
+            .iter()
+            .filter(|o| o.ready.is_some())
+            .flat_map(|o| o.sweep.evidence.iter().map(|e| e.source.clone()))
+            .collect();
+        poll_tailers(cfg, conns, &used, wall_now).await
     } else {
         BTreeMap::new()
     };
-    let mut sources = BTreeMap::new();
     for (name, scan) in &scans {
         let err = match scan {
             Err(e) => Some(e.clone()),
@@ -342,37 +436,33 @@ pub async fn run_pass(
     for (name, (_, err)) in &tailers {
         sources.insert(name.clone(), err.clone());
     }
-    let mut views: Views<'_> = BTreeMap::new();
-    for (name, scan) in &scans {
-        views.insert(
-            name.clone(),
-            scan.as_ref()
-                .map(|s| s as &(dyn EvidenceIndex + Sync))
-                .map_err(Clone::clone),
-        );
-    }
-    for (name, (tailer, err)) in &tailers {
-        views.insert(
-            name.clone(),
-            match err {
-                None => Ok(tailer as &(dyn EvidenceIndex + Sync)),
-                Some(e) => Err(e.clone()),
-            },
-        );
-    }
+    let per_page: BTreeMap<String, provider::Source> = per_page_sources(cfg, &opened, &scans);
 
     let mut lookups = BTreeMap::new();
-    let mut sweeps = Vec::with_capacity(collected.len());
-    let mut details = Vec::with_capacity(collected.len());
-    for (c, lock) in collected.into_iter().zip(locks) {
-        let (report, detail) = settle(cfg, conns, c, lock, &views, opts, &mut lookups).await;
+    let mut sweeps = Vec::with_capacity(opened.len());
+    let mut details = Vec::with_capacity(opened.len());
+    let mut asked: BTreeMap<String, Result<SourceScan, String>> = BTreeMap::new();
+    for o in opened {
+        let ev = Evidence {
+            scans: &scans,
+            tailers: &tailers,
+            per_page: &per_page,
+        };
+        let (report, detail) = walk_sweep(
+            cfg,
+            conns,
+            o,
+            &ev,
+            opts,
+            &mut lookups,
+            &mut sources,
+            &mut asked,
+        )
+        .await;
         sweeps.push(report);
         details.push(detail);
     }
-    drop(views);
-    for (name, (tailer, _)) in tailers {
-        conns.tailers.insert(name, tailer);
-    }
+    scans.extend(asked);
     PassResult {
         report: Report {
             schema_version: SCHEMA_VERSION,
@@ -395,22 +485,30 @@ fn age_secs(now: Timestamp, t: Timestamp) -> f64 {
     (now - t).num_milliseconds() as f64 / 1000.0
 }
 
-async fn collect<'c>(
+/// Phase 1 for one sweep: lock, clock, counts, stale summaries.
+async fn open<'c>(
     cfg: &Config,
     conns: &mut Connections,
     sweep: &'c SweepConfig,
     opts: &PassOptions,
-) -> (Collected<'c>, Option<LockGuard>) {
+) -> Opened<'c> {
     let started = Instant::now();
     let mut report = SweepReport::empty(&sweep.name, &sweep.table.to_string());
+    if opts.stopping() {
+        report.skipped = Some("shutting down".into());
+        return Opened {
+            sweep,
+            report,
+            started,
+            lock: None,
+            ready: None,
+        };
+    }
     let mut lock = None;
-    let ready = match try_collect(cfg, conns, sweep, opts, &mut report, &mut lock).await {
+    let ready = match try_open(cfg, conns, sweep, opts, &mut report, &mut lock).await {
         Ok(r) => r,
-        Err(e) => {
-            report.errors.push(PassError {
-                stage: e.0,
-                message: e.1,
-            });
+        Err((stage, e)) => {
+            note(&mut report.errors, stage, &e);
             None
         }
     };
@@ -419,31 +517,29 @@ async fn collect<'c>(
             l.release().await;
         }
     }
-    (
-        Collected {
-            sweep,
-            report,
-            started,
-            ready,
-        },
+    Opened {
+        sweep,
+        report,
+        started,
         lock,
-    )
+        ready,
+    }
 }
 
-type StageError = (Stage, String);
+type StageFault = (Stage, Fault);
 
-fn at<E: std::fmt::Display>(stage: Stage) -> impl Fn(E) -> StageError {
-    move |e| (stage, e.to_string())
+fn at<E: Into<Fault>>(stage: Stage) -> impl Fn(E) -> StageFault {
+    move |e| (stage, e.into())
 }
 
-async fn try_collect(
+async fn try_open(
     cfg: &Config,
     conns: &mut Connections,
     sweep: &SweepConfig,
     opts: &PassOptions,
     report: &mut SweepReport,
     lock_out: &mut Option<LockGuard>,
-) -> Result<Option<Ready>, StageError> {
+) -> Result<Option<Ready>, StageFault> {
     let db = conns
         .db(cfg, &sweep.database)
         .await
@@ -465,12 +561,12 @@ async fn try_collect(
         sending: counts.sending,
         error: counts.error,
     };
-    let mut stale = PerState::<StaleSummary>::default();
-    let mut rows = Vec::new();
     let target = match &opts.key {
         Some(key) => db.row_by_key(&table, key).await.map_err(at(Stage::Fetch))?,
         None => None,
     };
+    let mut stale = PerState::<StaleSummary>::default();
+    let mut cutoffs = PerState::<Option<Timestamp>>::default();
     for state in RowState::ALL {
         let after = match state {
             RowState::Pending => sweep.rules.pending.as_ref().map(|r| r.after),
@@ -478,6 +574,7 @@ async fn try_collect(
         };
         let Some(after) = after else { continue };
         let cutoff = now - delta(after);
+        cutoffs.set(state, Some(cutoff));
         let summary = db
             .stale_summary(&table, state, cutoff)
             .await
@@ -487,85 +584,150 @@ async fn try_collect(
         report
             .oldest_stuck_age_seconds
             .set(state, summary.oldest.map(|o| age_secs(now, o)));
-        if opts.key.is_some() {
-            // Single-row mode: the row, stale or not, when it is in this state.
-            if let Some((text, row)) = &target {
-                if *text == Db::state_text(&table, state) {
-                    rows.push(row.clone());
-                }
-            }
-        } else if summary.count > 0 {
-            rows.extend(
-                db.stale_rows(&table, state, cutoff)
-                    .await
-                    .map_err(at(Stage::Fetch))?,
-            );
-        }
     }
-    let ledger = if rows.is_empty() || !db.ledger_exists().await.map_err(at(Stage::Ledger))? {
-        HashMap::new()
-    } else {
-        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
-        db.ledger_get(&sweep.name, &keys)
-            .await
-            .map_err(at(Stage::Ledger))?
-    };
     Ok(Some(Ready {
         db,
         table,
         now,
+        cutoffs,
         stale,
-        rows,
-        ledger,
         target,
     }))
 }
 
-/// Scan every evidence source once for the lookup keys of all sweeps.
-async fn scan_evidence(
+impl Ready {
+    /// The rows of `state` this pass walks, page by page: every stale row
+    /// in key order, or in single-row mode the target when it is in
+    /// `state` (stale or not).
+    fn target_in(&self, state: RowState) -> Option<&StuckRow> {
+        let (text, row) = self.target.as_ref()?;
+        (*text == Db::state_text(&self.table, state)).then_some(row)
+    }
+}
+
+/// Whether a source is read once per pass (for the keys of every sweep)
+/// rather than asked page by page.
+fn read_once_kind(kind: &EvidenceKind, opts: &PassOptions, stale_sending: u64) -> bool {
+    match kind {
+        EvidenceKind::Log(_) => !opts.incremental,
+        EvidenceKind::Provider(p) => {
+            matches!(p.api, crate::config::ProviderApi::Mailgun { .. })
+                && stale_sending > p.time_range_above as u64
+        }
+    }
+}
+
+/// The lookup of one evidence entry for a row: the normalised key, the
+/// window start and the extra fields, or `None` when the row has no value.
+fn wanted_row(cfg: &Config, e: &EvidenceRef, row: &StuckRow) -> Option<WantedRow> {
+    let v = row.lookups.get(e.lookup)?.as_deref()?;
+    let k = normalize_key(v);
+    if k.is_empty() {
+        return None;
+    }
+    let slack = cfg
+        .evidence
+        .get(&e.source)
+        .map_or(Duration::ZERO, |s| s.kind.slack());
+    Some(WantedRow {
+        key: k.to_string(),
+        since: row.updated_at - delta(slack),
+        fields: e
+            .extra
+            .iter()
+            .map(|(name, i)| {
+                (
+                    name.clone(),
+                    row.lookups.get(*i).cloned().flatten().unwrap_or_default(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// Phase 2: read each once-per-pass source for the lookup keys of every
+/// sweep's stale sending rows. The keys are collected by a keys-only walk
+/// (no job arguments), so what is held is one compact entry per key.
+async fn read_once(
     cfg: &Config,
-    collected: &[Collected<'_>],
+    opened: &mut [Opened<'_>],
     opts: &PassOptions,
     wall_now: Timestamp,
 ) -> BTreeMap<String, Result<SourceScan, String>> {
-    // Per source: every stuck sending row's lookup (earliest window wins).
-    let mut wanted: BTreeMap<&str, BTreeMap<String, WantedRow>> = BTreeMap::new();
-    for c in collected {
-        let Some(ready) = &c.ready else { continue };
-        for row in ready.rows.iter().filter(|r| r.state == RowState::Sending) {
-            for e in &c.sweep.evidence {
-                let Some(Some(v)) = row.lookups.get(e.lookup) else {
-                    continue;
-                };
-                let k = crate::core::evidence::normalize_key(v);
-                if k.is_empty() {
-                    continue;
+    // Which sources are read once, from the stale counts of their sweeps.
+    let mut stale_by_source: BTreeMap<&str, u64> = BTreeMap::new();
+    for o in opened.iter() {
+        let Some(ready) = &o.ready else { continue };
+        for e in &o.sweep.evidence {
+            *stale_by_source.entry(e.source.as_str()).or_default() += ready.stale.sending.count;
+        }
+    }
+    let once: HashSet<&str> = stale_by_source
+        .iter()
+        .filter(|(s, n)| {
+            cfg.evidence
+                .get(**s)
+                .is_some_and(|e| read_once_kind(&e.kind, opts, **n))
+        })
+        .map(|(s, _)| *s)
+        .collect();
+    let mut wanted: BTreeMap<String, BTreeMap<String, WantedRow>> = BTreeMap::new();
+    for o in opened.iter_mut() {
+        let sweep = o.sweep;
+        let Some(ready) = &o.ready else { continue };
+        let entries: Vec<&EvidenceRef> = sweep
+            .evidence
+            .iter()
+            .filter(|e| once.contains(e.source.as_str()))
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let mut add = |row: &StuckRow| {
+            for e in &entries {
+                if let Some(w) = wanted_row(cfg, e, row) {
+                    let slot = wanted
+                        .entry(e.source.clone())
+                        .or_default()
+                        .entry(w.key.clone())
+                        .or_insert_with(|| w.clone());
+                    slot.since = slot.since.min(w.since);
                 }
-                let slack = cfg
-                    .evidence
-                    .get(&e.source)
-                    .map_or(Duration::ZERO, |s| s.kind.slack());
-                let since = row.updated_at - delta(slack);
-                let fields = e
-                    .extra
-                    .iter()
-                    .map(|(name, i)| {
-                        (
-                            name.clone(),
-                            row.lookups.get(*i).cloned().flatten().unwrap_or_default(),
-                        )
-                    })
-                    .collect();
-                let w = wanted
-                    .entry(e.source.as_str())
-                    .or_default()
-                    .entry(k.to_string())
-                    .or_insert(WantedRow {
-                        key: k.to_string(),
-                        since,
-                        fields,
-                    });
-                w.since = w.since.min(since);
+            }
+        };
+        if opts.key.is_some() {
+            if let Some(row) = ready.target_in(RowState::Sending) {
+                add(row);
+            }
+            continue;
+        }
+        let (Some(cutoff), true) = (ready.cutoffs.sending, ready.stale.sending.count > 0) else {
+            continue;
+        };
+        let light = ready.table.without_args();
+        let mut after: Option<StuckRow> = None;
+        let walked: Result<(), DbError> = async {
+            loop {
+                let page = ready
+                    .db
+                    .stale_page(&light, RowState::Sending, cutoff, after.as_ref())
+                    .await?;
+                let done = page.len() < light.batch_size as usize;
+                page.iter().for_each(&mut add);
+                after = page.into_iter().last();
+                if done || after.is_none() {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        if let Err(e) = walked {
+            // Fail closed: without every key the scan would prove absence
+            // it never looked for. The sweep sits this pass out.
+            note(&mut o.report.errors, Stage::Fetch, &e.into());
+            o.ready = None;
+            if let Some(l) = o.lock.take() {
+                l.release().await;
             }
         }
     }
@@ -573,60 +735,16 @@ async fn scan_evidence(
     for (source, rows) in wanted {
         let ecfg = cfg
             .evidence
-            .get(source)
+            .get(&source)
             .expect("validation resolves sources");
         let scan = match &ecfg.kind {
-            // The daemon reads logs through its tailers instead.
-            EvidenceKind::Log(_) if opts.incremental => continue,
             EvidenceKind::Log(lcfg) => {
-                let keys: HashSet<String> = rows.into_keys().collect();
-                let lcfg = lcfg.clone();
-                let name = source.to_string();
-                let keep_text = opts.keep_text;
-                let counter = opts.progress.then(|| Arc::new(AtomicU64::new(0)));
-                let ticker = counter
-                    .clone()
-                    .map(|c| spawn_progress(source.to_string(), lcfg.paths.clone(), c));
-                let scan = tokio::task::spawn_blocking(move || -> Result<SourceScan, String> {
-                    let files = logfile::resolve(&name, &lcfg.paths).map_err(|e| e.to_string())?;
-                    let mut parser = logfile::parser_for(&lcfg, KeyFilter::Wanted(keys), wall_now);
-                    let mut store = TraceStore::new(keep_text);
-                    let stats = logfile::scan_files_counted(
-                        &name,
-                        &files,
-                        parser.as_mut(),
-                        &mut store,
-                        counter,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    Ok(SourceScan::of_log(files, store, stats, lcfg.slack))
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("evidence {source}: scan task failed: {e}")));
-                if let Some(t) = ticker {
-                    t.abort();
-                    eprint!("\r\x1b[2K");
-                }
-                scan
+                scan_log(&source, lcfg, rows.into_keys().collect(), opts, wall_now).await
             }
             EvidenceKind::Provider(pcfg) => {
                 let rows: Vec<WantedRow> = rows.into_values().collect();
-                let ps = provider::fetch(source, pcfg, &rows, opts.keep_text).await;
-                Ok(SourceScan {
-                    files: Vec::new(),
-                    store: ps.store,
-                    stats: ScanStats {
-                        files: 0,
-                        bytes: 0,
-                        lines: ps.requests,
-                    },
-                    slack: pcfg.slack,
-                    refs: ps.refs,
-                    failed: ps.failed,
-                    lag: pcfg.visibility_lag,
-                    retention: pcfg.retention,
-                    windowed: !matches!(pcfg.api, crate::config::ProviderApi::Http { .. }),
-                })
+                let ps = provider::fetch(&source, pcfg, &rows, opts.keep_text).await;
+                Ok(SourceScan::of_provider(pcfg, ps))
             }
         };
         if let Err(e) = &scan {
@@ -637,9 +755,42 @@ async fn scan_evidence(
                 tracing::warn!(source, keys = s.failed.len(), error = %e, "evidence source failed for some rows");
             }
         }
-        out.insert(source.to_string(), scan);
+        out.insert(source, scan);
     }
     out
+}
+
+/// One full scan of a log source for `keys`.
+async fn scan_log(
+    source: &str,
+    lcfg: &crate::config::LogSourceConfig,
+    keys: HashSet<String>,
+    opts: &PassOptions,
+    wall_now: Timestamp,
+) -> Result<SourceScan, String> {
+    let lcfg = lcfg.clone();
+    let name = source.to_string();
+    let keep_text = opts.keep_text;
+    let counter = opts.progress.then(|| Arc::new(AtomicU64::new(0)));
+    let ticker = counter
+        .clone()
+        .map(|c| spawn_progress(source.to_string(), lcfg.paths.clone(), c));
+    let scan = tokio::task::spawn_blocking(move || -> Result<SourceScan, String> {
+        let files = logfile::resolve(&name, &lcfg.paths).map_err(|e| e.to_string())?;
+        let mut parser = logfile::parser_for(&lcfg, KeyFilter::Wanted(keys), wall_now);
+        let mut store = TraceStore::new(keep_text);
+        let stats =
+            logfile::scan_files_counted(&name, &files, parser.as_mut(), &mut store, counter)
+                .map_err(|e| e.to_string())?;
+        Ok(SourceScan::of_log(files, store, stats, lcfg.slack))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("evidence {source}: scan task failed: {e}")));
+    if let Some(t) = ticker {
+        t.abort();
+        eprint!("\r\x1b[2K");
+    }
+    scan
 }
 
 /// Print "scanning SOURCE: 120 / 1074 MB" on stderr until aborted.
@@ -670,14 +821,34 @@ fn spawn_progress(
     })
 }
 
+/// Provider sources asked page by page (those not read once).
+fn per_page_sources(
+    cfg: &Config,
+    opened: &[Opened<'_>],
+    scans: &BTreeMap<String, Result<SourceScan, String>>,
+) -> BTreeMap<String, provider::Source> {
+    let mut out = BTreeMap::new();
+    for o in opened.iter().filter(|o| o.ready.is_some()) {
+        for e in &o.sweep.evidence {
+            if scans.contains_key(&e.source) || out.contains_key(&e.source) {
+                continue;
+            }
+            if let Some(EvidenceKind::Provider(p)) = cfg.evidence.get(&e.source).map(|c| &c.kind) {
+                out.insert(e.source.clone(), provider::Source::new(&e.source, p));
+            }
+        }
+    }
+    out
+}
+
 /// Poll the daemon's tailer of every log source the sweeps use (creating
 /// it on first use), then forget messages older than any row could need.
 async fn poll_tailers(
     cfg: &Config,
-    conns: &mut Connections,
-    collected: &[Collected<'_>],
+    conns: &Connections,
+    used: &HashSet<String>,
     wall_now: Timestamp,
-) -> BTreeMap<String, (Tailer, Option<String>)> {
+) -> BTreeMap<String, (SharedTailer, Option<String>)> {
     // Per source: the longest any configured sweep may wait for its
     // evidence (not only the sweeps due now: pruning for one sweep must not
     // drop what another still needs).
@@ -694,11 +865,7 @@ async fn poll_tailers(
         }
     }
     // Only sources the sweeps of this pass use are read now.
-    let used: HashSet<&str> = collected
-        .iter()
-        .flat_map(|c| c.sweep.evidence.iter().map(|e| e.source.as_str()))
-        .collect();
-    horizon.retain(|s, _| used.contains(s));
+    horizon.retain(|s, _| used.contains(*s));
     let mut out = BTreeMap::new();
     for (source, keep) in horizon {
         let ecfg = cfg
@@ -708,22 +875,21 @@ async fn poll_tailers(
         let EvidenceKind::Log(lcfg) = &ecfg.kind else {
             continue;
         };
-        let mut tailer = conns
-            .tailers
-            .remove(source)
-            .unwrap_or_else(|| Tailer::new(source, lcfg, wall_now));
-        let keep = delta(keep + tailer.slack() + Duration::from_secs(86_400));
+        let shared = conns.tailer(source, || Tailer::new(source, lcfg, wall_now));
+        let guard = shared.clone().lock_owned().await;
+        let keep = delta(keep + guard.slack() + Duration::from_secs(86_400));
         let polled = tokio::task::spawn_blocking(move || {
+            let mut tailer = guard;
             let r = tailer.poll(wall_now);
             tailer.prune(wall_now - keep);
-            (tailer, r.err().map(|e| e.to_string()))
+            r.err().map(|e| e.to_string())
         })
         .await;
-        let (tailer, err) = match polled {
-            Ok(r) => r,
+        let (shared, err) = match polled {
+            Ok(err) => (shared, err),
             Err(e) => {
-                // The tailer is lost with the task; a fresh one re-reads.
-                let fresh = Tailer::new(source, lcfg, wall_now);
+                // The tailer may be half-updated; a fresh one re-reads.
+                let fresh = conns.replace_tailer(source, Tailer::new(source, lcfg, wall_now));
                 (
                     fresh,
                     Some(format!("evidence {source}: log reader failed: {e}")),
@@ -733,119 +899,149 @@ async fn poll_tailers(
         if let Some(e) = &err {
             tracing::warn!(source, error = %e, "evidence source unavailable");
         }
-        out.insert(source.to_string(), (tailer, err));
+        out.insert(source.to_string(), (shared, err));
     }
     out
 }
 
-/// Each configured source's verdict on one row.
-fn row_evidence(
-    sweep: &SweepConfig,
-    row: &StuckRow,
-    scans: &Views<'_>,
-    now: Timestamp,
-) -> Vec<SourceVerdict> {
-    if row.state != RowState::Sending {
-        return Vec::new();
-    }
-    sweep
-        .evidence
-        .iter()
-        .map(|e| {
-            let lookup = row
-                .lookups
-                .get(e.lookup)
-                .cloned()
-                .flatten()
-                .unwrap_or_default();
-            if crate::core::evidence::normalize_key(&lookup).is_empty() {
-                return SourceVerdict {
-                    source: e.source.clone(),
-                    verdict: Verdict::NotFound,
-                    detail: format!("the row has no {} value to look up", e.column),
-                    references: vec![],
-                };
-            }
-            match scans.get(&e.source) {
-                Some(Ok(scan)) => {
-                    let key = crate::core::evidence::normalize_key(&lookup);
-                    if let Some(err) = scan.key_error(key) {
-                        return SourceVerdict {
-                            source: e.source.clone(),
-                            verdict: Verdict::Unavailable,
-                            detail: err.to_string(),
-                            references: vec![],
-                        };
-                    }
-                    let since = scan
-                        .windowed()
-                        .then(|| row.updated_at - delta(scan.slack()));
-                    let kv = scan.store().verdict(&lookup, since);
-                    let mut references = Vec::new();
-                    for m in &kv.instances {
-                        for l in m.lines.iter().take(20) {
-                            references.push(scan.reference(l));
-                        }
-                    }
-                    let lag = scan.lag();
-                    let (verdict, detail) =
-                        if kv.verdict == Verdict::NotFound && now - row.updated_at < delta(lag) {
-                            (
-                                Verdict::InFlight {
-                                    reason: crate::core::model::InFlightReason::Lagging,
-                                },
-                                format!(
-                                    "not found yet; {} may take up to {} to show events",
-                                    e.source,
-                                    crate::core::report::human_age(lag.as_secs_f64())
-                                ),
-                            )
-                        } else {
-                            (kv.verdict, kv.detail)
-                        };
-                    SourceVerdict {
-                        source: e.source.clone(),
-                        verdict,
-                        detail,
-                        references,
-                    }
-                }
-                Some(Err(msg)) => SourceVerdict {
-                    source: e.source.clone(),
-                    verdict: Verdict::Unavailable,
-                    detail: msg.clone(),
-                    references: vec![],
-                },
-                None => SourceVerdict {
-                    source: e.source.clone(),
-                    verdict: Verdict::Unavailable,
-                    detail: "source was not scanned".into(),
-                    references: vec![],
-                },
-            }
-        })
-        .collect()
+/// Where the walk finds each source's evidence.
+struct Evidence<'a> {
+    /// Sources read once for this pass.
+    scans: &'a BTreeMap<String, Result<SourceScan, String>>,
+    /// The daemon's tailers, with this pass's poll error.
+    tailers: &'a BTreeMap<String, (SharedTailer, Option<String>)>,
+    /// Provider sources asked per page.
+    per_page: &'a BTreeMap<String, provider::Source>,
 }
 
-async fn settle(
+fn unavailable(source: &str, detail: String) -> SourceVerdict {
+    SourceVerdict {
+        source: source.to_string(),
+        verdict: Verdict::Unavailable,
+        detail,
+        references: vec![],
+    }
+}
+
+/// One source's verdict on one row.
+fn source_verdict(
+    e: &EvidenceRef,
+    row: &StuckRow,
+    index: Result<&dyn EvidenceIndex, &str>,
+    now: Timestamp,
+) -> SourceVerdict {
+    let lookup = row
+        .lookups
+        .get(e.lookup)
+        .cloned()
+        .flatten()
+        .unwrap_or_default();
+    let key = normalize_key(&lookup);
+    if key.is_empty() {
+        return SourceVerdict {
+            source: e.source.clone(),
+            verdict: Verdict::NotFound,
+            detail: format!("the row has no {} value to look up", e.column),
+            references: vec![],
+        };
+    }
+    let scan = match index {
+        Ok(s) => s,
+        Err(msg) => return unavailable(&e.source, msg.to_string()),
+    };
+    if let Some(err) = scan.key_error(key) {
+        return unavailable(&e.source, err.to_string());
+    }
+    let since = scan
+        .windowed()
+        .then(|| row.updated_at - delta(scan.slack()));
+    let kv = scan.store().verdict(&lookup, since);
+    let mut references = Vec::new();
+    for m in &kv.instances {
+        for l in m.lines.iter().take(20) {
+            references.push(scan.reference(l));
+        }
+    }
+    let lag = scan.lag();
+    let found = kv.verdict.clone();
+    let verdict = with_lag(kv.verdict, now - row.updated_at, lag);
+    let detail = if verdict != found {
+        format!(
+            "not found yet; {} may take up to {} to show events",
+            e.source,
+            crate::core::report::human_age(lag.as_secs_f64())
+        )
+    } else {
+        kv.detail
+    };
+    SourceVerdict {
+        source: e.source.clone(),
+        verdict,
+        detail,
+        references,
+    }
+}
+
+/// Everything the walk of one sweep accumulates.
+struct SweepRun {
+    report: SweepReport,
+    outcomes: Outcomes,
+    /// Sources whose failure is already charged to this sweep (once each).
+    charged: HashSet<String>,
+    listed: PerState<usize>,
+    rows: BTreeMap<RowState, Vec<RowReport>>,
+    omitted: u64,
+    /// Keys this pass moved from sending back to pending: the pending walk
+    /// must not meet them again (at most `max_actions` keys).
+    moved_to_pending: HashSet<String>,
+    requeued: bool,
+    detail_rows: Vec<(StuckRow, Decision, Vec<SourceVerdict>, Option<LedgerEntry>)>,
+}
+
+/// What the walk of one sweep shares with every page.
+struct Walk<'a, 'b> {
+    cfg: &'a Config,
+    sweep: &'a SweepConfig,
+    ready: &'a Ready,
+    ev: &'a Evidence<'b>,
+    opts: &'a PassOptions,
+    ledger_exists: bool,
+    presence: Option<Result<PresenceIndex, ()>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn walk_sweep(
     cfg: &Config,
     conns: &mut Connections,
-    c: Collected<'_>,
-    lock: Option<LockGuard>,
-    scans: &Views<'_>,
+    o: Opened<'_>,
+    ev: &Evidence<'_>,
     opts: &PassOptions,
     lookups: &mut BTreeMap<(String, &'static str), u64>,
+    sources: &mut BTreeMap<String, Option<String>>,
+    asked: &mut BTreeMap<String, Result<SourceScan, String>>,
 ) -> (SweepReport, SweepDetail) {
-    let Collected {
+    let Opened {
         sweep,
-        mut report,
+        report,
         started,
+        lock,
         ready,
-    } = c;
+    } = o;
+    let mut run = SweepRun {
+        report,
+        outcomes: Outcomes::default(),
+        charged: HashSet::new(),
+        listed: PerState::default(),
+        rows: BTreeMap::new(),
+        omitted: 0,
+        moved_to_pending: HashSet::new(),
+        requeued: false,
+        detail_rows: Vec::new(),
+    };
     let Some(ready) = ready else {
-        report.duration_seconds = started.elapsed().as_secs_f64();
+        run.report.duration_seconds = started.elapsed().as_secs_f64();
         return (
-            report,
+            run.report,
             SweepDetail {
                 sweep: sweep.name.clone(),
                 now: None,
@@ -855,163 +1051,401 @@ async fn settle(
         );
     };
     let now = ready.now;
-    let mut seen_sources = HashSet::new();
-    for e in &sweep.evidence {
-        if !seen_sources.insert(e.source.as_str()) {
-            continue;
+    let single = opts.key.is_some();
+    let stale_rows = ready.stale.pending.count + ready.stale.sending.count;
+    let has_rows = if single {
+        RowState::ALL.iter().any(|s| ready.target_in(*s).is_some())
+    } else {
+        stale_rows > 0
+    };
+    let (presence, workers_alive) = if has_rows {
+        queue_checks(cfg, conns, sweep, &mut run.report).await
+    } else {
+        (None, None)
+    };
+    let mut planner = Planner::new(
+        &sweep.rules,
+        Brakes {
+            stale_rows,
+            workers_alive,
+        },
+    );
+    let ledger_exists = if has_rows {
+        match ready.db.ledger_exists().await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                note(&mut run.report.errors, Stage::Ledger, &e.into());
+                None
+            }
         }
-        let failure = match scans.get(&e.source) {
-            Some(Err(msg)) => Some(msg.clone()),
-            Some(Ok(s)) => s.any_key_error().map(str::to_string),
-            None => None,
+    } else {
+        Some(false)
+    };
+    let page_size = ready.table.batch_size.max(1) as usize;
+    if let Some(ledger_exists) = ledger_exists.filter(|_| has_rows) {
+        let walk = Walk {
+            cfg,
+            sweep,
+            ready: &ready,
+            ev,
+            opts,
+            ledger_exists,
+            presence,
         };
-        if let Some(message) = failure {
-            report.errors.push(PassError {
-                stage: Stage::Evidence,
-                message,
-            });
+        'states: for state in BUDGET_ORDER {
+            let Some(cutoff) = ready.cutoffs.get(state) else {
+                continue;
+            };
+            if single {
+                if let Some(row) = ready.target_in(state) {
+                    let mut work = settle_page(
+                        &walk,
+                        conns,
+                        vec![row.clone()],
+                        &mut planner,
+                        &mut run,
+                        lookups,
+                        sources,
+                        Some(&mut *asked),
+                    )
+                    .await;
+                    account(&mut work, &mut run, now, opts);
+                }
+                continue;
+            }
+            if ready.stale.get(state).count == 0 {
+                continue;
+            }
+            let mut after: Option<StuckRow> = None;
+            loop {
+                if opts.stopping() && !opts.dry_run {
+                    break 'states;
+                }
+                let page = match ready
+                    .db
+                    .stale_page(&ready.table, state, cutoff, after.as_ref())
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        note(&mut run.report.errors, Stage::Fetch, &e.into());
+                        break 'states;
+                    }
+                };
+                let done = page.len() < page_size;
+                after = page.last().cloned();
+                let page: Vec<StuckRow> = page
+                    .into_iter()
+                    .filter(|r| !run.moved_to_pending.contains(&r.key))
+                    .collect();
+                let mut work = settle_page(
+                    &walk,
+                    conns,
+                    page,
+                    &mut planner,
+                    &mut run,
+                    lookups,
+                    sources,
+                    None,
+                )
+                .await;
+                account(&mut work, &mut run, now, opts);
+                if done || after.is_none() {
+                    break;
+                }
+            }
         }
     }
-    let evidence: Vec<Vec<SourceVerdict>> = ready
-        .rows
-        .iter()
-        .map(|r| row_evidence(sweep, r, scans, now))
+
+    if !opts.dry_run {
+        if run.requeued {
+            prune_ledger(sweep, &ready, &mut run.report.errors).await;
+        }
+        run.report.outcomes = Some(std::mem::take(&mut run.outcomes));
+    }
+    let mut rows = run.rows.remove(&RowState::Pending).unwrap_or_default();
+    rows.extend(run.rows.remove(&RowState::Sending).unwrap_or_default());
+    let max_rows = opts.max_rows.unwrap_or(usize::MAX);
+    if rows.len() > max_rows {
+        run.omitted += (rows.len() - max_rows) as u64;
+        rows.truncate(max_rows);
+    }
+    run.report.rows = rows;
+    run.report.rows_omitted = run.omitted;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    run.report.duration_seconds = started.elapsed().as_secs_f64();
+    let detail = SweepDetail {
+        sweep: sweep.name.clone(),
+        now: Some(now),
+        target: ready.target,
+        rows: run.detail_rows,
+    };
+    (run.report, detail)
+}
+
+/// Look up, plan and (unless dry run) apply one page of rows.
+#[allow(clippy::too_many_arguments)]
+async fn settle_page(
+    walk: &Walk<'_, '_>,
+    conns: &mut Connections,
+    page: Vec<StuckRow>,
+    planner: &mut Planner<'_>,
+    run: &mut SweepRun,
+    lookups: &mut BTreeMap<(String, &'static str), u64>,
+    sources: &mut BTreeMap<String, Option<String>>,
+    asked: Option<&mut BTreeMap<String, Result<SourceScan, String>>>,
+) -> Vec<RowWork> {
+    let Walk {
+        cfg,
+        sweep,
+        ready,
+        ev,
+        opts,
+        ..
+    } = *walk;
+    let now = ready.now;
+    let ledger = if walk.ledger_exists && !page.is_empty() {
+        let keys: Vec<&str> = page.iter().map(|r| r.key.as_str()).collect();
+        match ready.db.ledger_get(&sweep.name, &keys).await {
+            Ok(l) => l,
+            Err(e) => {
+                note(&mut run.report.errors, Stage::Ledger, &e.into());
+                // Without its ledger entries no row of the page is decided.
+                return Vec::new();
+            }
+        }
+    } else {
+        HashMap::new()
+    };
+    let mut work: Vec<RowWork> = page
+        .into_iter()
+        .map(|row| RowWork {
+            ledger: ledger.get(&row.key).cloned(),
+            presence: walk.presence.as_ref().map(|p| match (p, &sweep.job) {
+                (Ok(idx), Some(job)) => idx.lookup(&job.class, &row.args),
+                _ => Presence::Unknown,
+            }),
+            row,
+            evidence: Vec::new(),
+            decision: Decision::new(Action::Leave, crate::core::model::Reason::Fresh),
+            expires: None,
+            outcome: Outcome::NotApplied,
+        })
         .collect();
-    for ev in &evidence {
-        for sv in ev {
+    drop(ledger);
+
+    // Evidence for the sending rows — unless the budget is spent and the
+    // sweep asks a provider per page: then those rows are not looked up.
+    let sending: Vec<usize> = (0..work.len())
+        .filter(|i| work[*i].row.state == RowState::Sending)
+        .collect();
+    let pays = sweep
+        .evidence
+        .iter()
+        .any(|e| ev.per_page.contains_key(&e.source));
+    let unasked = pays && planner.spent() && opts.key.is_none();
+    if !sending.is_empty() && !unasked {
+        page_evidence(walk, &mut work, &sending, run, sources, asked).await;
+    }
+    for w in &work {
+        for sv in &w.evidence {
             *lookups
                 .entry((sv.source.clone(), sv.verdict.label()))
                 .or_default() += 1;
         }
     }
-    let (presence, workers_alive) = queue_checks(cfg, conns, sweep, &ready.rows, &mut report).await;
-    let brakes = Brakes {
-        stale_rows: ready.stale.pending.count + ready.stale.sending.count,
-        workers_alive,
-    };
-    let decisions = plan(
-        &sweep.rules,
-        ready
-            .rows
-            .iter()
-            .zip(&evidence)
-            .enumerate()
-            .map(|(i, (r, ev))| {
-                (
-                    r,
-                    RowContext {
-                        ledger: ready.ledger.get(&r.key),
-                        evidence: ev,
-                        presence: presence.as_ref().map(|p| p[i]),
-                    },
-                )
-            }),
-        brakes,
-        now,
-    );
-    for d in &decisions {
-        *report.decisions.entry(d.action).or_default() += 1;
-        *report.reasons.entry(d.reason).or_default() += 1;
-    }
 
-    let outcomes = if opts.dry_run {
-        vec![Outcome::NotApplied; decisions.len()]
-    } else {
-        let (outcomes, errors) =
-            apply(cfg, conns, sweep, &ready, &decisions, &evidence, opts).await;
-        let mut o = Outcomes::default();
-        for (out, d) in outcomes.iter().zip(&decisions) {
-            match out {
-                Outcome::Applied => *o.applied.entry(d.action).or_default() += 1,
-                Outcome::AlreadyMoved => o.already_moved += 1,
-                Outcome::Failed { .. } => o.failed += 1,
-                Outcome::NotApplied => {}
-            }
-        }
-        report.outcomes = Some(o);
-        report.errors.extend(errors);
-        outcomes
-    };
-
-    // Rows still without a verdict whose evidence a source will drop before
-    // the give-up policy applies: escalate while they can be settled.
-    let expiries: Vec<Option<Timestamp>> = ready
-        .rows
+    // Plan, in key order, carrying the budget from page to page.
+    let give_up = sweep.rules.sending.as_ref().map(|s| s.give_up_after);
+    let retentions: Vec<Duration> = sweep
+        .evidence
         .iter()
-        .zip(&decisions)
-        .map(|(r, d)| {
-            let give_up = sweep.rules.sending.as_ref()?.give_up_after;
-            if r.state != RowState::Sending || d.action.writes() {
-                return None;
-            }
-            sweep
-                .evidence
-                .iter()
-                .filter_map(|e| scans.get(&e.source)?.as_ref().ok()?.retention())
-                .filter_map(|ret| {
-                    crate::core::decide::evidence_expiry(r.updated_at, ret, give_up, now)
-                })
-                .min()
-        })
+        .filter_map(|e| retention_of(cfg, &e.source))
         .collect();
-    report.evidence_expiring = expiries.iter().filter(|e| e.is_some()).count() as u64;
+    for w in &mut work {
+        w.decision = if unasked && w.row.state == RowState::Sending {
+            planner.unasked()
+        } else {
+            planner.decide(
+                &w.row,
+                &RowContext {
+                    ledger: w.ledger.as_ref(),
+                    evidence: &w.evidence,
+                    presence: w.presence,
+                },
+                now,
+            )
+        };
+        w.expires = row_evidence_expiry(
+            &w.row,
+            &w.decision,
+            give_up,
+            retentions.iter().copied(),
+            now,
+        );
+    }
 
+    if !opts.dry_run && !opts.stopping() {
+        apply_marks(sweep, ready, &mut work, &mut run.report.errors).await;
+        requeue(cfg, conns, sweep, ready, &mut work, &mut run.report.errors).await;
+    }
+    work
+}
+
+fn retention_of(cfg: &Config, source: &str) -> Option<Duration> {
+    match &cfg.evidence.get(source)?.kind {
+        EvidenceKind::Provider(p) => p.retention,
+        EvidenceKind::Log(_) => None,
+    }
+}
+
+/// Each configured source's verdict on the page's sending rows.
+async fn page_evidence(
+    walk: &Walk<'_, '_>,
+    work: &mut [RowWork],
+    sending: &[usize],
+    run: &mut SweepRun,
+    sources: &mut BTreeMap<String, Option<String>>,
+    mut asked: Option<&mut BTreeMap<String, Result<SourceScan, String>>>,
+) {
+    let Walk {
+        cfg,
+        sweep,
+        ready,
+        ev,
+        opts,
+        ..
+    } = *walk;
+    let now = ready.now;
+    for e in &sweep.evidence {
+        let verdicts: Vec<SourceVerdict> = if let Some(scan) = ev.scans.get(&e.source) {
+            let index = scan
+                .as_ref()
+                .map(|s| s as &dyn EvidenceIndex)
+                .map_err(String::as_str);
+            sending
+                .iter()
+                .map(|i| source_verdict(e, &work[*i].row, index, now))
+                .collect()
+        } else if let Some((tailer, err)) = ev.tailers.get(&e.source) {
+            let guard = tailer.lock().await;
+            let index = match err {
+                None => Ok(&*guard as &dyn EvidenceIndex),
+                Some(msg) => Err(msg.as_str()),
+            };
+            sending
+                .iter()
+                .map(|i| source_verdict(e, &work[*i].row, index, now))
+                .collect()
+        } else if let Some(src) = ev.per_page.get(&e.source) {
+            let Some(EvidenceKind::Provider(pcfg)) = cfg.evidence.get(&e.source).map(|c| &c.kind)
+            else {
+                continue;
+            };
+            let mut rows: BTreeMap<String, WantedRow> = BTreeMap::new();
+            for i in sending {
+                if let Some(w) = wanted_row(cfg, e, &work[*i].row) {
+                    let slot = rows.entry(w.key.clone()).or_insert_with(|| w.clone());
+                    slot.since = slot.since.min(w.since);
+                }
+            }
+            let rows: Vec<WantedRow> = rows.into_values().collect();
+            let scan = SourceScan::of_provider(pcfg, src.fetch(&rows, opts.keep_text).await);
+            let slot = sources.entry(e.source.clone()).or_insert(None);
+            if let Some(err) = scan.failed.values().next() {
+                tracing::warn!(source = %e.source, keys = scan.failed.len(), error = %err, "evidence source failed for some rows");
+                slot.get_or_insert_with(|| err.clone());
+            }
+            let out = sending
+                .iter()
+                .map(|i| source_verdict(e, &work[*i].row, Ok(&scan), now))
+                .collect();
+            if let Some(asked) = asked.as_deref_mut() {
+                asked.insert(e.source.clone(), Ok(scan));
+            }
+            out
+        } else {
+            sending
+                .iter()
+                .map(|_| unavailable(&e.source, "source was not read in this pass".into()))
+                .collect()
+        };
+        for (i, sv) in sending.iter().zip(verdicts) {
+            // A failing source is charged to the sweeps whose rows it
+            // failed, once per sweep and pass.
+            if sv.verdict == Verdict::Unavailable && run.charged.insert(e.source.clone()) {
+                note(
+                    &mut run.report.errors,
+                    Stage::Evidence,
+                    &Fault::Source(sv.detail.clone()),
+                );
+            }
+            work[*i].evidence.push(sv);
+        }
+    }
+}
+
+/// Fold a settled page into the sweep's report and drop it, keeping at
+/// most `max_rows` listed rows per state.
+fn account(work: &mut Vec<RowWork>, run: &mut SweepRun, now: Timestamp, opts: &PassOptions) {
     let max_rows = opts.max_rows.unwrap_or(usize::MAX);
-    let mut listed = 0usize;
-    for (i, row) in ready.rows.iter().enumerate() {
-        if opts.key.as_deref().is_some_and(|k| k != row.key) {
-            continue;
+    for w in work.drain(..) {
+        *run.report.decisions.entry(w.decision.action).or_default() += 1;
+        *run.report.reasons.entry(w.decision.reason).or_default() += 1;
+        if w.expires.is_some() {
+            run.report.evidence_expiring += 1;
         }
+        match &w.outcome {
+            Outcome::Applied => {
+                *run.outcomes.applied.entry(w.decision.action).or_default() += 1;
+                if w.decision.action == Action::Requeue {
+                    run.requeued = true;
+                    if w.row.state == RowState::Sending {
+                        run.moved_to_pending.insert(w.row.key.clone());
+                    }
+                }
+            }
+            Outcome::AlreadyMoved => run.outcomes.already_moved += 1,
+            Outcome::Failed { .. } => run.outcomes.failed += 1,
+            Outcome::NotApplied => {}
+        }
+        let state = w.row.state;
+        let listed = run.listed.get(state);
         if listed >= max_rows {
-            report.rows_omitted += 1;
-            continue;
+            run.omitted += 1;
+        } else {
+            run.listed.set(state, listed + 1);
+            run.rows.entry(state).or_default().push(RowReport {
+                key: w.row.key.clone(),
+                state,
+                age_seconds: (now - w.row.updated_at).num_seconds(),
+                decision: w.decision.action,
+                reason: w.decision.reason,
+                attempt: w.decision.attempt,
+                evidence: w.evidence.clone(),
+                evidence_expires_at: w.expires,
+                outcome: w.outcome.clone(),
+            });
         }
-        listed += 1;
-        report.rows.push(RowReport {
-            key: row.key.clone(),
-            state: row.state,
-            age_seconds: (now - row.updated_at).num_seconds(),
-            decision: decisions[i].action,
-            reason: decisions[i].reason,
-            attempt: decisions[i].attempt,
-            evidence: evidence[i].clone(),
-            evidence_expires_at: expiries[i],
-            outcome: outcomes[i].clone(),
-        });
+        if opts.key.is_some() {
+            run.detail_rows
+                .push((w.row, w.decision, w.evidence, w.ledger));
+        }
     }
-    if let Some(lock) = lock {
-        lock.release().await;
-    }
-    report.duration_seconds = started.elapsed().as_secs_f64();
-    let detail = SweepDetail {
-        sweep: sweep.name.clone(),
-        now: Some(now),
-        target: ready.target,
-        rows: ready
-            .rows
-            .into_iter()
-            .zip(decisions)
-            .zip(evidence)
-            .filter(|((r, _), _)| opts.key.as_deref().is_none_or(|k| k == r.key))
-            .map(|((r, d), ev)| {
-                let l = ready.ledger.get(&r.key).cloned();
-                (r, d, ev, l)
-            })
-            .collect(),
-    };
-    (report, detail)
 }
 
 /// Presence of each row's job (when the queue has `presence_check`) and
 /// whether the queue has live workers (when it has `require_workers`).
-/// Reads only; runs in dry runs too, so reports show holds.
+/// Reads only; runs in dry runs too, so reports show holds. One bounded
+/// scan per sweep and pass.
 async fn queue_checks(
     cfg: &Config,
     conns: &mut Connections,
     sweep: &SweepConfig,
-    rows: &[StuckRow],
     report: &mut SweepReport,
-) -> (Option<Vec<Presence>>, Option<bool>) {
+) -> (Option<Result<PresenceIndex, ()>>, Option<bool>) {
     let Some(job) = &sweep.job else {
         return (None, None);
     };
@@ -1023,19 +1457,15 @@ async fn queue_checks(
         QueueKind::Sidekiq(s) => (s.presence.clone(), s.require_workers),
         QueueKind::Jsonl { .. } | QueueKind::Amqp(_) | QueueKind::Http(_) => (None, false),
     };
-    if rows.is_empty() || (presence_cfg.is_none() && !require_workers) {
+    if presence_cfg.is_none() && !require_workers {
         return (None, None);
     }
     let client = match conns.queue(cfg, &job.queue_ref).await {
         Ok(c) => c,
         Err(e) => {
-            report.errors.push(PassError {
-                stage: Stage::Presence,
-                message: e.to_string(),
-            });
+            note(&mut report.errors, Stage::Presence, &e.into());
             conns.drop_queue(&job.queue_ref);
-            let unknown = presence_cfg.map(|_| vec![Presence::Unknown; rows.len()]);
-            return (unknown, None);
+            return (presence_cfg.map(|_| Err(())), None);
         }
     };
     let mut presence = None;
@@ -1050,17 +1480,12 @@ async fn queue_checks(
                         "presence check stopped at max_entries; jobs beyond it count as absent"
                     );
                 }
-                rows.iter()
-                    .map(|r| idx.lookup(&job.class, &r.args))
-                    .collect()
+                Ok(idx)
             }
-            Ok(None) => vec![Presence::Absent; rows.len()],
+            Ok(None) => Ok(PresenceIndex::default()),
             Err(e) => {
-                report.errors.push(PassError {
-                    stage: Stage::Presence,
-                    message: e.to_string(),
-                });
-                vec![Presence::Unknown; rows.len()]
+                note(&mut report.errors, Stage::Presence, &e.into());
+                Err(())
             }
         });
     }
@@ -1068,10 +1493,7 @@ async fn queue_checks(
     if require_workers {
         match client.workers_alive(&job.queue).await {
             Ok(a) => alive = a,
-            Err(e) => report.errors.push(PassError {
-                stage: Stage::Presence,
-                message: e.to_string(),
-            }),
+            Err(e) => note(&mut report.errors, Stage::Presence, &e.into()),
         }
     }
     (presence, alive)
@@ -1091,273 +1513,285 @@ fn summary(ev: &[SourceVerdict]) -> String {
         .join("; ")
 }
 
-fn audit(sweep: &SweepConfig, row: &StuckRow, d: &Decision, to: &str, ev: &[SourceVerdict]) {
+fn audit(sweep: &SweepConfig, w: &RowWork, to: &str) {
     tracing::info!(
         target: "sweeper::audit",
         sweep = %sweep.name,
-        key = %row.key,
-        from = %row.state,
+        key = %w.row.key,
+        from = %w.row.state,
         to,
-        action = %d.action,
-        reason = %d.reason,
-        attempt = d.attempt,
-        evidence = %summary(ev),
+        action = %w.decision.action,
+        reason = %w.decision.reason,
+        attempt = w.decision.attempt,
+        evidence = %summary(&w.evidence),
         "applied"
     );
 }
 
-/// Apply the writing decisions. Returns one outcome per row and the
-/// stage errors met.
-async fn apply(
+/// Marks: one guarded update statement per target for the page's
+/// `mark_sent` / `mark_error` rows, in one transaction.
+async fn apply_marks(
+    sweep: &SweepConfig,
+    ready: &Ready,
+    work: &mut [RowWork],
+    errors: &mut Vec<PassError>,
+) {
+    let marks: Vec<usize> = (0..work.len())
+        .filter(|i| {
+            matches!(
+                work[*i].decision.action,
+                Action::MarkSent | Action::MarkError
+            )
+        })
+        .collect();
+    if marks.is_empty() {
+        return;
+    }
+    let target = |w: &RowWork| {
+        if w.decision.action == Action::MarkSent {
+            Target::Sent
+        } else {
+            Target::Error
+        }
+    };
+    let changes: Vec<Transition<'_>> = marks
+        .iter()
+        .map(|i| Transition {
+            row: &work[*i].row,
+            to: target(&work[*i]),
+        })
+        .collect();
+    let result = ready.db.transition(&ready.table, &changes).await;
+    drop(changes);
+    match result {
+        Ok(applied) => {
+            for (i, ok) in marks.into_iter().zip(applied) {
+                let w = &mut work[i];
+                w.outcome = if ok {
+                    let to = if target(w) == Target::Sent {
+                        "sent"
+                    } else {
+                        "error"
+                    };
+                    audit(sweep, w, to);
+                    Outcome::Applied
+                } else {
+                    Outcome::AlreadyMoved
+                };
+            }
+        }
+        Err(e) => {
+            let fault = Fault::from(e);
+            for i in marks {
+                work[i].outcome = failed(Stage::Update, &fault);
+            }
+            note(errors, Stage::Update, &fault);
+        }
+    }
+}
+
+/// Requeues of a page: re-assert every row, push the jobs the queue
+/// accepts, then record them in the ledger.
+async fn requeue(
     cfg: &Config,
     conns: &mut Connections,
     sweep: &SweepConfig,
     ready: &Ready,
-    decisions: &[Decision],
-    evidence: &[Vec<SourceVerdict>],
-    opts: &PassOptions,
-) -> (Vec<Outcome>, Vec<PassError>) {
-    let mut outcomes = vec![Outcome::NotApplied; decisions.len()];
-    let mut errors: Vec<PassError> = Vec::new();
-    let batch = ready.table.batch_size.max(1) as usize;
-    let note = |errors: &mut Vec<PassError>, stage: Stage, message: String| {
-        if !errors
-            .iter()
-            .any(|e| e.stage == stage && e.message == message)
-        {
-            errors.push(PassError { stage, message });
-        }
-    };
-
-    // Marks: guarded updates, one transaction per batch.
-    let marks: Vec<usize> = (0..decisions.len())
-        .filter(|i| matches!(decisions[*i].action, Action::MarkSent | Action::MarkError))
-        .collect();
-    for chunk in marks.chunks(batch) {
-        if opts.stopping() {
-            break;
-        }
-        let changes: Vec<Transition<'_>> = chunk
-            .iter()
-            .map(|i| Transition {
-                row: &ready.rows[*i],
-                to: if decisions[*i].action == Action::MarkSent {
-                    Target::Sent
-                } else {
-                    Target::Error
-                },
-            })
-            .collect();
-        match ready.db.transition(&ready.table, &changes).await {
-            Ok(applied) => {
-                for (i, ok) in chunk.iter().zip(applied) {
-                    outcomes[*i] = if ok {
-                        let to = if decisions[*i].action == Action::MarkSent {
-                            "sent"
-                        } else {
-                            "error"
-                        };
-                        audit(sweep, &ready.rows[*i], &decisions[*i], to, &evidence[*i]);
-                        Outcome::Applied
-                    } else {
-                        Outcome::AlreadyMoved
-                    };
-                }
-            }
-            Err(e) => {
-                for i in chunk {
-                    outcomes[*i] = Outcome::Failed {
-                        stage: Stage::Update,
-                        error: e.to_string(),
-                    };
-                }
-                note(&mut errors, Stage::Update, e.to_string());
-            }
-        }
-    }
-
-    // Requeues.
-    let requeues: Vec<usize> = (0..decisions.len())
-        .filter(|i| decisions[*i].action == Action::Requeue)
+    work: &mut [RowWork],
+    errors: &mut Vec<PassError>,
+) {
+    let requeues: Vec<usize> = (0..work.len())
+        .filter(|i| work[*i].decision.action == Action::Requeue)
         .collect();
     if requeues.is_empty() {
-        return (outcomes, errors);
+        return;
     }
     let Some(job) = &sweep.job else {
-        for i in &requeues {
-            outcomes[*i] = Outcome::Failed {
-                stage: Stage::Enqueue,
-                error: "no pending job configured".into(),
-            };
+        for i in requeues {
+            work[i].outcome = failed(Stage::Enqueue, &Fault::NoJob);
         }
-        return (outcomes, errors);
+        return;
     };
     let ledger_key = ready.db.name.clone();
     if !conns.ledger_ready.contains(&ledger_key) {
-        match ready.db.ensure_ledger().await {
-            Ok(()) => {
-                conns.ledger_ready.insert(ledger_key);
+        if let Err(e) = ready.db.ensure_ledger().await {
+            let fault = Fault::from(e);
+            for i in requeues {
+                work[i].outcome = failed(Stage::Ledger, &fault);
+            }
+            note(errors, Stage::Ledger, &fault);
+            return;
+        }
+        conns.ledger_ready.insert(ledger_key);
+    }
+    let go = reassert_before_requeue(ready, work, &requeues, errors).await;
+    if go.is_empty() {
+        return;
+    }
+    push_and_record(cfg, conns, sweep, job, ready, work, &go, errors).await;
+}
+
+/// Re-assert each row before its job is pushed: pending rows must still be
+/// pending with the version read; sending rows are moved back to pending by
+/// a guarded update first. Returns the rows that may be pushed.
+async fn reassert_before_requeue(
+    ready: &Ready,
+    work: &mut [RowWork],
+    requeues: &[usize],
+    errors: &mut Vec<PassError>,
+) -> Vec<usize> {
+    let mut go: Vec<usize> = Vec::with_capacity(requeues.len());
+    let (pend, send): (Vec<usize>, Vec<usize>) = requeues
+        .iter()
+        .partition(|i| work[**i].row.state == RowState::Pending);
+    if !pend.is_empty() {
+        let rows: Vec<&StuckRow> = pend.iter().map(|i| &work[*i].row).collect();
+        let current = ready
+            .db
+            .current_versions(&ready.table, RowState::Pending, &rows)
+            .await;
+        drop(rows);
+        match current {
+            Ok(current) => {
+                for i in pend {
+                    let r = &work[i].row;
+                    if current.get(&r.key) == Some(&r.version) {
+                        go.push(i);
+                    } else {
+                        work[i].outcome = Outcome::AlreadyMoved;
+                    }
+                }
             }
             Err(e) => {
-                for i in &requeues {
-                    outcomes[*i] = Outcome::Failed {
-                        stage: Stage::Ledger,
-                        error: e.to_string(),
-                    };
+                let fault = Fault::from(e);
+                for i in pend {
+                    work[i].outcome = failed(Stage::Fetch, &fault);
                 }
-                note(&mut errors, Stage::Ledger, e.to_string());
-                return (outcomes, errors);
+                note(errors, Stage::Fetch, &fault);
             }
         }
     }
-    for chunk in requeues.chunks(batch) {
-        if opts.stopping() {
-            break;
-        }
-        // Re-assert every row before pushing: pending rows must still be
-        // pending with the version we read; sending rows are moved back to
-        // pending by a guarded update first.
-        let mut go: Vec<usize> = Vec::with_capacity(chunk.len());
-        let (pend, send): (Vec<usize>, Vec<usize>) = chunk
+    if !send.is_empty() {
+        let changes: Vec<Transition<'_>> = send
             .iter()
-            .partition(|i| ready.rows[**i].state == RowState::Pending);
-        if !pend.is_empty() {
-            let rows: Vec<&StuckRow> = pend.iter().map(|i| &ready.rows[*i]).collect();
-            match ready
-                .db
-                .current_versions(&ready.table, RowState::Pending, &rows)
-                .await
-            {
-                Ok(current) => {
-                    for i in pend {
-                        let r = &ready.rows[i];
-                        if current.get(&r.key) == Some(&r.version) {
-                            go.push(i);
-                        } else {
-                            outcomes[i] = Outcome::AlreadyMoved;
-                        }
-                    }
-                }
-                Err(e) => {
-                    for i in pend {
-                        outcomes[i] = Outcome::Failed {
-                            stage: Stage::Fetch,
-                            error: e.to_string(),
-                        };
-                    }
-                    note(&mut errors, Stage::Fetch, e.to_string());
-                }
-            }
-        }
-        if !send.is_empty() {
-            let changes: Vec<Transition<'_>> = send
-                .iter()
-                .map(|i| Transition {
-                    row: &ready.rows[*i],
-                    to: Target::Pending,
-                })
-                .collect();
-            match ready.db.transition(&ready.table, &changes).await {
-                Ok(applied) => {
-                    for (i, ok) in send.into_iter().zip(applied) {
-                        if ok {
-                            go.push(i);
-                        } else {
-                            outcomes[i] = Outcome::AlreadyMoved;
-                        }
-                    }
-                }
-                Err(e) => {
-                    for i in send {
-                        outcomes[i] = Outcome::Failed {
-                            stage: Stage::Update,
-                            error: e.to_string(),
-                        };
-                    }
-                    note(&mut errors, Stage::Update, e.to_string());
-                }
-            }
-        }
-        if go.is_empty() {
-            continue;
-        }
-        let jobs: Vec<JobRequest<'_>> = go
-            .iter()
-            .map(|i| JobRequest {
-                sweep: &sweep.name,
-                row_key: &ready.rows[*i].key,
-                attempt: decisions[*i].attempt.unwrap_or(1),
-                queue: &job.queue,
-                class: &job.class,
-                args: &ready.rows[*i].args,
+            .map(|i| Transition {
+                row: &work[*i].row,
+                to: Target::Pending,
             })
             .collect();
-        let pushed = match conns.queue(cfg, &job.queue_ref).await {
-            Ok(q) => q.push(&jobs, ready.now).await,
-            Err(e) => Err(e),
-        };
-        let results = match pushed {
-            Ok(r) => r,
+        let result = ready.db.transition(&ready.table, &changes).await;
+        drop(changes);
+        match result {
+            Ok(applied) => {
+                for (i, ok) in send.into_iter().zip(applied) {
+                    if ok {
+                        go.push(i);
+                    } else {
+                        work[i].outcome = Outcome::AlreadyMoved;
+                    }
+                }
+            }
             Err(e) => {
-                conns.drop_queue(&job.queue_ref);
-                for i in &go {
-                    outcomes[*i] = Outcome::Failed {
-                        stage: Stage::Enqueue,
-                        error: e.to_string(),
-                    };
+                let fault = Fault::from(e);
+                for i in send {
+                    work[i].outcome = failed(Stage::Update, &fault);
                 }
-                note(&mut errors, Stage::Enqueue, e.to_string());
-                continue;
+                note(errors, Stage::Update, &fault);
             }
-        };
-        // At-least-once: a job counts once the queue accepted it; then the
-        // ledger records it. If the ledger write fails the row may be
-        // requeued again next pass. Report it.
-        let mut entries: Vec<(&str, &str, u32)> = Vec::with_capacity(go.len());
-        for (i, r) in go.iter().zip(results) {
-            match r {
-                Ok(()) => {
-                    outcomes[*i] = Outcome::Applied;
-                    audit(
-                        sweep,
-                        &ready.rows[*i],
-                        &decisions[*i],
-                        "queue",
-                        &evidence[*i],
-                    );
-                    let row = &ready.rows[*i];
-                    entries.push((
-                        row.key.as_str(),
-                        row.version.as_str(),
-                        decisions[*i].attempt.unwrap_or(1),
-                    ));
-                }
-                Err(msg) => {
-                    let msg = format!("queue {}: {msg}", job.queue_ref);
-                    note(&mut errors, Stage::Enqueue, msg.clone());
-                    outcomes[*i] = Outcome::Failed {
-                        stage: Stage::Enqueue,
-                        error: msg,
-                    };
-                }
-            }
-        }
-        if entries.is_empty() {
-            continue;
-        }
-        if let Err(e) = ready.db.ledger_put(&sweep.name, &entries, ready.now).await {
-            note(&mut errors, Stage::Ledger, e.to_string());
         }
     }
-    // Entries this old belong to rows long settled — but never prune
-    // within two of the sweep's longest requeue intervals.
+    go.sort_unstable();
+    go
+}
+
+/// Push the jobs of `go`; a job counts once its queue accepted it, and only
+/// then is the ledger written (at-least-once: if the ledger write fails the
+/// row may be requeued again next pass; it is reported).
+#[allow(clippy::too_many_arguments)]
+async fn push_and_record(
+    cfg: &Config,
+    conns: &mut Connections,
+    sweep: &SweepConfig,
+    job: &crate::config::JobConfig,
+    ready: &Ready,
+    work: &mut [RowWork],
+    go: &[usize],
+    errors: &mut Vec<PassError>,
+) {
+    let jobs: Vec<JobRequest<'_>> = go
+        .iter()
+        .map(|i| JobRequest {
+            sweep: &sweep.name,
+            row_key: &work[*i].row.key,
+            attempt: work[*i].decision.attempt.unwrap_or(1),
+            queue: &job.queue,
+            class: &job.class,
+            args: &work[*i].row.args,
+        })
+        .collect();
+    let pushed = match conns.queue(cfg, &job.queue_ref).await {
+        Ok(q) => q.push(&jobs, ready.now).await,
+        Err(e) => Err(e),
+    };
+    drop(jobs);
+    let results = match pushed {
+        Ok(r) => r,
+        Err(e) => {
+            conns.drop_queue(&job.queue_ref);
+            let fault = Fault::from(e);
+            for i in go {
+                work[*i].outcome = failed(Stage::Enqueue, &fault);
+            }
+            note(errors, Stage::Enqueue, &fault);
+            return;
+        }
+    };
+    let mut accepted: Vec<usize> = Vec::with_capacity(go.len());
+    for (i, r) in go.iter().zip(results) {
+        match r {
+            Ok(()) => {
+                work[*i].outcome = Outcome::Applied;
+                audit(sweep, &work[*i], "queue");
+                accepted.push(*i);
+            }
+            Err(message) => {
+                let fault = Fault::Rejected {
+                    queue: job.queue_ref.clone(),
+                    message,
+                };
+                note(errors, Stage::Enqueue, &fault);
+                work[*i].outcome = failed(Stage::Enqueue, &fault);
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return;
+    }
+    let entries: Vec<(&str, &str, u32)> = accepted
+        .iter()
+        .map(|i| {
+            let w = &work[*i];
+            (
+                w.row.key.as_str(),
+                w.row.version.as_str(),
+                w.decision.attempt.unwrap_or(1),
+            )
+        })
+        .collect();
+    if let Err(e) = ready.db.ledger_put(&sweep.name, &entries, ready.now).await {
+        note(errors, Stage::Ledger, &e.into());
+    }
+}
+
+/// Forget ledger entries of rows long settled — but never within two of
+/// the sweep's longest requeue intervals.
+async fn prune_ledger(sweep: &SweepConfig, ready: &Ready, errors: &mut Vec<PassError>) {
     let longest = sweep.rules.pending.as_ref().map_or(Duration::ZERO, |p| {
         p.backoff.as_ref().map_or(p.after, |b| b.max.max(p.after))
     });
     let keep = delta(longest.saturating_mul(2)).max(TimeDelta::days(30));
     let horizon = ready.now - keep;
     if let Err(e) = ready.db.ledger_prune(&sweep.name, horizon).await {
-        note(&mut errors, Stage::Ledger, e.to_string());
+        note(errors, Stage::Ledger, &e.into());
     }
-    (outcomes, errors)
 }

@@ -9,4 +9,5 @@ mod ops;
 mod providers;
 mod queues;
 mod sql_sweeps;
+mod streaming;
 mod support;
