@@ -523,27 +523,25 @@ async fn fetch_with(
             statuses,
             ..
         } => {
-            let results = bounded(rows, conc, |r| {
-                async move {
-                    let mut u = url.replace("{key}", &encode(&r.key));
-                    for (col, val) in &r.fields {
-                        u = u.replace(&format!("{{{col}}}"), &encode(val));
-                    }
-                    let res = match client.get(&u, true).await {
-                        Ok(Some(doc)) => provider::generic(
-                            &doc,
-                            &r.key,
-                            events_ptr.as_deref(),
-                            status,
-                            recipient.as_deref(),
-                            statuses,
-                        )
-                        .map_err(|e| format!("{name}: {u}: {e}")),
-                        Ok(None) => Ok(Vec::new()),
-                        Err(e) => Err(e),
-                    };
-                    (r.key.clone(), res)
+            let results = bounded(rows, conc, |r| async move {
+                let mut u = url.replace("{key}", &encode(&r.key));
+                for (col, val) in &r.fields {
+                    u = u.replace(&format!("{{{col}}}"), &encode(val));
                 }
+                let res = match client.get(&u, true).await {
+                    Ok(Some(doc)) => provider::generic(
+                        &doc,
+                        &r.key,
+                        events_ptr.as_deref(),
+                        status,
+                        recipient.as_deref(),
+                        statuses,
+                    )
+                    .map_err(|e| format!("{name}: {u}: {e}")),
+                    Ok(None) => Ok(Vec::new()),
+                    Err(e) => Err(e),
+                };
+                (r.key.clone(), res)
             })
             .await;
             for (key, res) in results {

@@ -6,20 +6,21 @@
 //! passes (`pass`), metric definitions (`metrics`).
 
 use super::metrics::Metrics;
-use super::pass::{run_pass, Connections, PassOptions};
+use super::pass::{run_pass, Connections, PassOptions, PassResult};
 use super::schedule::{drive, Control, Runner, Schedule};
 use crate::config::{self, Config};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 /// What `/readyz` answers from.
 #[derive(Debug, Default)]
@@ -81,12 +82,23 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 }
 
 /// The real runner: passes against the configured databases and queues.
+/// Each sweep's pass runs as a task of its own, with the sweep's own queue
+/// connections (kept between its passes) and the shared database pools and
+/// log tailers; at most `max_connections` passes run against one database
+/// at a time.
 pub struct PassRunner {
     pub path: PathBuf,
-    pub cfg: Config,
+    pub cfg: Arc<Config>,
+    /// Database pools and log tailers every pass shares.
     pub conns: Connections,
     pub state: Arc<AppState>,
     pub stop: Arc<AtomicBool>,
+    /// Per sweep: its connections between passes, for this config
+    /// generation.
+    idle: Arc<Mutex<HashMap<String, Connections>>>,
+    generation: Arc<AtomicU64>,
+    /// Per database: passes that may run against it at once.
+    limits: HashMap<String, Arc<Semaphore>>,
 }
 
 fn sweeps_of(cfg: &Config) -> Vec<(String, Duration)> {
@@ -96,7 +108,32 @@ fn sweeps_of(cfg: &Config) -> Vec<(String, Duration)> {
         .collect()
 }
 
+fn limits_of(cfg: &Config) -> HashMap<String, Arc<Semaphore>> {
+    cfg.databases
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.clone(),
+                Arc::new(Semaphore::new(d.max_connections.max(1) as usize)),
+            )
+        })
+        .collect()
+}
+
 impl PassRunner {
+    pub fn new(path: PathBuf, cfg: Config, state: Arc<AppState>, stop: Arc<AtomicBool>) -> Self {
+        PassRunner {
+            path,
+            limits: limits_of(&cfg),
+            cfg: Arc::new(cfg),
+            conns: Connections::new(),
+            state,
+            stop,
+            idle: Arc::new(Mutex::new(HashMap::new())),
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     /// Ping every database (startup readiness).
     pub async fn probe(&mut self) {
         let mut dbs = BTreeMap::new();
@@ -111,80 +148,122 @@ impl PassRunner {
         ready.config_loaded = true;
         ready.databases = dbs;
     }
+
+    /// Close every connection (at shutdown, once no pass runs).
+    pub async fn close(&mut self) {
+        let idle: Vec<Connections> = self
+            .idle
+            .lock()
+            .expect("idle connections lock")
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for mut c in idle {
+            c.close().await;
+        }
+        self.conns.close().await;
+    }
+}
+
+/// Metrics, readiness and logs from one finished pass.
+fn observe(state: &AppState, cfg: &Config, result: &PassResult) {
+    let now = chrono::Utc::now();
+    let now_unix = now.timestamp() as f64 + f64::from(now.timestamp_subsec_millis()) / 1e3;
+    state.metrics.observe(result, now_unix);
+    {
+        let mut ready = state.ready.write().expect("readiness lock");
+        for s in &result.report.sweeps {
+            let Some(sweep) = cfg.sweep(&s.name) else {
+                continue;
+            };
+            let fetch_err = s
+                .errors
+                .iter()
+                .find(|e| e.stage == crate::core::model::Stage::Fetch)
+                .map(|e| e.message.clone());
+            ready.databases.insert(sweep.database.clone(), fetch_err);
+        }
+    }
+    for s in &result.report.sweeps {
+        if s.failed() {
+            for e in &s.errors {
+                tracing::warn!(sweep = %s.name, stage = %e.stage, error = %e.message, "pass error");
+            }
+        }
+        tracing::debug!(
+            sweep = %s.name,
+            stuck_pending = s.stuck.pending,
+            stuck_sending = s.stuck.sending,
+            duration = s.duration_seconds,
+            "pass done"
+        );
+    }
 }
 
 impl Runner for PassRunner {
-    async fn run(&mut self, sweeps: Vec<String>) -> Vec<(String, bool)> {
-        {
+    fn pass(&mut self, sweep: String) -> impl Future<Output = bool> + Send + 'static {
+        let cfg = self.cfg.clone();
+        let state = self.state.clone();
+        let stop = self.stop.clone();
+        let idle = self.idle.clone();
+        let generation = self.generation.clone();
+        let started_in = generation.load(Ordering::SeqCst);
+        let conns = idle
+            .lock()
+            .expect("idle connections lock")
+            .remove(&sweep)
+            .unwrap_or_else(|| self.conns.fork());
+        let limit = cfg
+            .sweep(&sweep)
+            .and_then(|s| self.limits.get(&s.database))
+            .cloned();
+        async move {
+            let _permit = match &limit {
+                Some(l) => l.clone().acquire_owned().await.ok(),
+                None => None,
+            };
             let opts = PassOptions {
-                only: sweeps,
+                only: vec![sweep.clone()],
                 incremental: true,
-                stop: Some(self.stop.clone()),
+                stop: Some(stop),
                 max_rows: Some(0),
                 ..Default::default()
             };
-            let result = run_pass(&self.cfg, &mut self.conns, &opts, chrono::Utc::now()).await;
-            let now = chrono::Utc::now();
-            let now_unix = now.timestamp() as f64 + f64::from(now.timestamp_subsec_millis()) / 1e3;
-            self.state.metrics.observe(&result, now_unix);
-            {
-                let mut ready = self.state.ready.write().expect("readiness lock");
-                for s in &result.report.sweeps {
-                    let Some(sweep) = self.cfg.sweep(&s.name) else {
-                        continue;
-                    };
-                    let fetch_err = s
-                        .errors
-                        .iter()
-                        .find(|e| e.stage == crate::core::model::Stage::Fetch)
-                        .map(|e| e.message.clone());
-                    ready.databases.insert(sweep.database.clone(), fetch_err);
-                }
+            let mut conns = conns;
+            let result = run_pass(&cfg, &mut conns, &opts, chrono::Utc::now()).await;
+            observe(&state, &cfg, &result);
+            if generation.load(Ordering::SeqCst) == started_in {
+                idle.lock()
+                    .expect("idle connections lock")
+                    .insert(sweep.clone(), conns);
             }
-            for s in &result.report.sweeps {
-                if s.failed() {
-                    for e in &s.errors {
-                        tracing::warn!(sweep = %s.name, stage = %e.stage, error = %e.message, "pass error");
-                    }
-                }
-                tracing::debug!(
-                    sweep = %s.name,
-                    stuck_pending = s.stuck.pending,
-                    stuck_sending = s.stuck.sending,
-                    duration = s.duration_seconds,
-                    "pass done"
-                );
-            }
-            result
-                .report
-                .sweeps
-                .iter()
-                .map(|s| (s.name.clone(), !s.failed()))
-                .collect()
+            !result.failed()
         }
     }
 
     async fn reload(&mut self) -> Option<Vec<(String, Duration)>> {
-        {
-            match config::load(&self.path) {
-                Ok(new) => {
-                    tracing::info!(config = %self.path.display(), sweeps = new.sweeps.len(), "config reloaded");
-                    self.conns.close().await;
-                    self.conns = Connections::new();
-                    self.state.metrics.register_config(&new);
-                    self.state.metrics.reloaded(true);
-                    if new.metrics.listen != self.cfg.metrics.listen {
-                        tracing::warn!("metrics.listen changed: takes effect on restart");
-                    }
-                    self.cfg = new;
-                    self.probe().await;
-                    Some(sweeps_of(&self.cfg))
+        match config::load(&self.path) {
+            Ok(new) => {
+                tracing::info!(config = %self.path.display(), sweeps = new.sweeps.len(), "config reloaded");
+                // Passes in progress finish with the connections they hold;
+                // new passes use the new config's.
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                self.idle.lock().expect("idle connections lock").clear();
+                self.conns = Connections::new();
+                self.state.metrics.register_config(&new);
+                self.state.metrics.reloaded(true);
+                if new.metrics.listen != self.cfg.metrics.listen {
+                    tracing::warn!("metrics.listen changed: takes effect on restart");
                 }
-                Err(e) => {
-                    self.state.metrics.reloaded(false);
-                    tracing::error!(config = %self.path.display(), error = %e, "config reload failed; keeping the running config");
-                    None
-                }
+                self.limits = limits_of(&new);
+                self.cfg = Arc::new(new);
+                self.probe().await;
+                Some(sweeps_of(&self.cfg))
+            }
+            Err(e) => {
+                self.state.metrics.reloaded(false);
+                tracing::error!(config = %self.path.display(), error = %e, "config reload failed; keeping the running config");
+                None
             }
         }
     }
@@ -232,18 +311,12 @@ pub async fn run(
     if let Some(d) = initial_delay {
         schedule.start_at(tokio::time::Instant::now() + d);
     }
-    let mut runner = PassRunner {
-        path,
-        cfg,
-        conns: Connections::new(),
-        state: state.clone(),
-        stop,
-    };
+    let mut runner = PassRunner::new(path, cfg, state.clone(), stop);
     runner.probe().await;
     drive(&mut schedule, &mut runner, &mut rx, &mut rand).await;
 
     tracing::info!("shutting down");
-    runner.conns.close().await;
+    runner.close().await;
     let _ = http_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("stopped");
@@ -277,8 +350,11 @@ fn spawn_signals(
         stop.store(true, Ordering::SeqCst);
         let _ = tx.send(Control::Shutdown).await;
         tokio::time::sleep(deadline).await;
-        tracing::error!("shutdown deadline passed; exiting now (open transactions roll back)");
-        std::process::exit(0);
+        tracing::error!(
+            "shutdown deadline passed with a pass still running; exiting now with status 1 \
+             (open transactions roll back; the abandoned rows are picked up by the next pass)"
+        );
+        std::process::exit(i32::from(super::cli::EXIT_FAILED));
     });
     Ok(())
 }

@@ -1,15 +1,17 @@
 //! The daemon's scheduler: when each sweep runs next.
 //!
 //! Owns: intervals with jitter, exponential backoff after failures, and the
-//! loop that runs due sweeps one pass at a time (so a pass never overlaps
-//! itself or another) while listening for shutdown and reload. Time comes
+//! loop that starts each due sweep's pass as its own task — sweeps run
+//! concurrently, so a storm in one never delays the others, while a sweep's
+//! pass never overlaps its own next one — listening for shutdown and reload. Time comes
 //! from tokio (`tokio::time::pause()` in tests); randomness is injected.
 //! Does not own: what a pass does (the `Runner`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// Jitter: each interval is stretched by up to this fraction.
@@ -24,6 +26,9 @@ struct Entry {
     every: Duration,
     due: Instant,
     failures: u32,
+    /// A pass of this sweep is in progress (it is not due again until it
+    /// finishes).
+    running: bool,
 }
 
 /// Next due time per sweep.
@@ -80,6 +85,7 @@ impl Schedule {
                         every: *every,
                         due: now + spread.mul_f64(rand().clamp(0.0, 1.0)),
                         failures: 0,
+                        running: false,
                     }
                 }
             };
@@ -95,23 +101,35 @@ impl Schedule {
         }
     }
 
-    /// When the next sweep is due (`None` without sweeps).
+    /// When the next idle sweep is due (`None` when none is idle).
     pub fn next_due(&self) -> Option<Instant> {
-        self.entries.values().map(|e| e.due).min()
+        self.entries
+            .values()
+            .filter(|e| !e.running)
+            .map(|e| e.due)
+            .min()
     }
 
-    /// Sweeps due at `now`.
+    /// Idle sweeps due at `now`.
     pub fn due(&self, now: Instant) -> Vec<String> {
         self.entries
             .iter()
-            .filter(|(_, e)| e.due <= now)
+            .filter(|(_, e)| e.due <= now && !e.running)
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// Record that a pass of `name` started.
+    pub fn started(&mut self, name: &str) {
+        if let Some(e) = self.entries.get_mut(name) {
+            e.running = true;
+        }
     }
 
     /// Record a finished pass of `name` at `now`.
     pub fn finished(&mut self, name: &str, ok: bool, now: Instant, rand: &mut dyn FnMut() -> f64) {
         if let Some(e) = self.entries.get_mut(name) {
+            e.running = false;
             if ok {
                 e.failures = 0;
                 e.due = now + interval(e.every, rand());
@@ -136,26 +154,29 @@ pub enum Control {
 
 /// What the loop drives.
 pub trait Runner {
-    /// Run one pass over `sweeps`; returns (sweep, succeeded).
-    fn run(&mut self, sweeps: Vec<String>) -> impl Future<Output = Vec<(String, bool)>> + Send;
+    /// A pass of `sweep`, to run as a task of its own; resolves to whether
+    /// it succeeded. The runner bounds how many run against one database.
+    fn pass(&mut self, sweep: String) -> impl Future<Output = bool> + Send + 'static;
     /// Reload the configuration; `Some(sweeps)` when the new one is in use.
     fn reload(&mut self) -> impl Future<Output = Option<Vec<(String, Duration)>>> + Send;
 }
 
-/// Run due sweeps until shutdown. A pass in progress is never interrupted
-/// by the loop: controls are handled between passes (the runner watches its
-/// own stop flag to cut a long pass short).
+/// Run due sweeps until shutdown, each pass as a task of its own. Passes in
+/// progress are never interrupted by the loop: on shutdown it waits for
+/// them (the runner watches its own stop flag to cut a long pass short).
 pub async fn drive<R: Runner>(
     schedule: &mut Schedule,
     runner: &mut R,
     controls: &mut mpsc::Receiver<Control>,
     rand: &mut (dyn FnMut() -> f64 + Send),
 ) {
-    loop {
-        // Controls that arrived during the last pass come first.
+    let mut running: JoinSet<bool> = JoinSet::new();
+    let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
+    'run: loop {
+        // Controls that arrived meanwhile come first.
         loop {
             match controls.try_recv() {
-                Ok(Control::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Ok(Control::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => break 'run,
                 Ok(Control::Reload) => {
                     if let Some(sweeps) = runner.reload().await {
                         schedule.update(&sweeps, Instant::now(), rand);
@@ -170,31 +191,53 @@ pub async fn drive<R: Runner>(
         tokio::select! {
             biased;
             ctl = controls.recv() => match ctl {
-                None | Some(Control::Shutdown) => return,
+                None | Some(Control::Shutdown) => break 'run,
                 Some(Control::Reload) => {
                     if let Some(sweeps) = runner.reload().await {
                         schedule.update(&sweeps, Instant::now(), rand);
                     }
                 }
             },
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                finish(schedule, &mut names, done, rand);
+            }
             _ = tokio::time::sleep_until(wake) => {
-                let due = schedule.due(Instant::now());
-                if due.is_empty() {
-                    continue;
-                }
-                let results = runner.run(due).await;
-                let now = Instant::now();
-                for (name, ok) in results {
-                    schedule.finished(&name, ok, now, rand);
+                for name in schedule.due(Instant::now()) {
+                    schedule.started(&name);
+                    let handle = running.spawn(runner.pass(name.clone()));
+                    names.insert(handle.id(), name);
                 }
             }
         }
+    }
+    while let Some(done) = running.join_next_with_id().await {
+        finish(schedule, &mut names, done, rand);
+    }
+}
+
+/// Record a finished pass task; a pass that panicked counts as failed.
+fn finish(
+    schedule: &mut Schedule,
+    names: &mut HashMap<tokio::task::Id, String>,
+    done: Result<(tokio::task::Id, bool), tokio::task::JoinError>,
+    rand: &mut (dyn FnMut() -> f64 + Send),
+) {
+    let (id, ok) = match done {
+        Ok((id, ok)) => (id, ok),
+        Err(e) => {
+            tracing::error!(error = %e, "a pass task failed");
+            (e.id(), false)
+        }
+    };
+    if let Some(name) = names.remove(&id) {
+        schedule.finished(&name, ok, Instant::now(), rand);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
 
     #[test]
@@ -242,36 +285,36 @@ mod tests {
     type Runs = Arc<Mutex<Vec<(Instant, Vec<String>)>>>;
     type FailFn = Box<dyn FnMut(&str, Instant) -> bool + Send>;
 
-    /// Records every run; each pass takes `pass` and fails when `fail` says so.
+    /// Records every run; each pass takes `pass` (or `slow[sweep]`) and
+    /// fails when `fail` says so.
     struct FakeRunner {
         runs: Runs,
-        in_flight: Arc<Mutex<bool>>,
+        in_flight: Arc<Mutex<HashSet<String>>>,
         pass: Duration,
+        slow: HashMap<String, Duration>,
         fail: FailFn,
         reload_to: Option<Vec<(String, Duration)>>,
         start: Instant,
     }
 
     impl Runner for FakeRunner {
-        fn run(&mut self, sweeps: Vec<String>) -> impl Future<Output = Vec<(String, bool)>> + Send {
+        fn pass(&mut self, sweep: String) -> impl Future<Output = bool> + Send + 'static {
             let runs = self.runs.clone();
             let flight = self.in_flight.clone();
-            let pass = self.pass;
-            let results: Vec<(String, bool)> = sweeps
-                .iter()
-                .map(|s| (s.clone(), !(self.fail)(s, Instant::now())))
-                .collect();
+            let pass = self.slow.get(&sweep).copied().unwrap_or(self.pass);
+            let ok = !(self.fail)(&sweep, Instant::now());
             let _ = self.start;
             async move {
-                {
-                    let mut f = flight.lock().unwrap();
-                    assert!(!*f, "passes overlap");
-                    *f = true;
-                }
-                runs.lock().unwrap().push((Instant::now(), sweeps));
+                assert!(
+                    flight.lock().unwrap().insert(sweep.clone()),
+                    "passes of {sweep} overlap"
+                );
+                runs.lock()
+                    .unwrap()
+                    .push((Instant::now(), vec![sweep.clone()]));
                 tokio::time::sleep(pass).await;
-                *flight.lock().unwrap() = false;
-                results
+                flight.lock().unwrap().remove(&sweep);
+                ok
             }
         }
 
@@ -286,8 +329,9 @@ mod tests {
         (
             FakeRunner {
                 runs: runs.clone(),
-                in_flight: Arc::new(Mutex::new(false)),
+                in_flight: Arc::new(Mutex::new(HashSet::new())),
                 pass,
+                slow: HashMap::new(),
                 fail: Box::new(|_, _| false),
                 reload_to: None,
                 start,
@@ -346,8 +390,9 @@ mod tests {
         }
         assert_eq!(slow.len(), 3, "{slow:?}");
         assert!((slow[1] - slow[0] - 30.1).abs() < 0.01, "{slow:?}");
-        // Sweeps due together share one pass.
-        assert_eq!(runs[0].1, ["fast", "slow"]);
+        // Sweeps due together start together, each in a pass of its own.
+        assert_eq!((fast[0], slow[0]), (0.0, 0.0));
+        assert_eq!(runs[0].1.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -407,7 +452,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_slow_pass_never_overlaps_the_next() {
+    async fn a_slow_pass_never_overlaps_its_own_next() {
         let start = Instant::now();
         // Passes take 25 s on a 10 s interval.
         let (mut runner, runs) = fake(Duration::from_secs(25), start);
@@ -425,14 +470,51 @@ mod tests {
         )
         .await;
         let runs = runs.lock().unwrap();
-        let t: Vec<f64> = runs
-            .iter()
-            .map(|(t, _)| (*t - start).as_secs_f64())
-            .collect();
-        // The FakeRunner asserts no overlap; runs are 35 s apart.
-        for w in t.windows(2) {
-            assert!(w[1] - w[0] >= 35.0 - 0.01, "{t:?}");
+        for sweep in ["a", "b"] {
+            let t = secs_since(start, &runs, sweep);
+            // The FakeRunner asserts no overlap; runs are 35 s apart:
+            // 0, 35, 70 within 100 s.
+            assert_eq!(t.len(), 3, "{sweep}: {t:?}");
+            for w in t.windows(2) {
+                assert!((w[1] - w[0] - 35.0).abs() < 0.01, "{sweep}: {t:?}");
+            }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storm_in_one_sweep_does_not_delay_the_others() {
+        let start = Instant::now();
+        let (mut runner, runs) = fake(Duration::from_millis(100), start);
+        // The storm sweep's pass takes 50 s; the quiet one runs every 10 s.
+        runner
+            .slow
+            .insert("storm".to_string(), Duration::from_secs(50));
+        let mut rand = || 0.0;
+        let sweeps = vec![
+            ("storm".to_string(), Duration::from_secs(10)),
+            ("quiet".to_string(), Duration::from_secs(10)),
+        ];
+        let mut schedule = Schedule::new(&sweeps, start, &mut rand);
+        drive_for(
+            &mut schedule,
+            &mut runner,
+            Duration::from_secs(45),
+            &mut rand,
+        )
+        .await;
+        let runs = runs.lock().unwrap();
+        let quiet = secs_since(start, &runs, "quiet");
+        assert_eq!(
+            quiet.len(),
+            5,
+            "quiet ran on time during the storm: {quiet:?}"
+        );
+        for w in quiet.windows(2) {
+            assert!((w[1] - w[0] - 10.1).abs() < 0.01, "{quiet:?}");
+        }
+        assert_eq!(secs_since(start, &runs, "storm"), [0.0]);
+        // Shutdown waited for the storm's pass to end.
+        assert!((Instant::now() - start).as_secs_f64() >= 50.0);
     }
 
     #[tokio::test(start_paused = true)]
