@@ -118,6 +118,10 @@ pub struct StateCounts {
 pub struct StaleSummary {
     pub count: u64,
     pub oldest: Option<Timestamp>,
+    /// The newest stale row's time: rows that become stale between passes
+    /// are newer than every row stale before, so (count, oldest, newest)
+    /// changes whenever the stale set does.
+    pub newest: Option<Timestamp>,
 }
 
 /// A guarded state change.
@@ -411,7 +415,7 @@ impl Db {
         cutoff: Timestamp,
     ) -> Result<StaleSummary, DbError> {
         let sql = format!(
-            "SELECT count(*), min({epoch}) FROM {table} WHERE {state} = {lit} AND {older}",
+            "SELECT count(*), min({epoch}), max({epoch}) FROM {table} WHERE {state} = {lit} AND {older}",
             epoch = t.epoch(),
             table = t.table,
             state = t.state,
@@ -425,9 +429,11 @@ impl Db {
             .map_err(self.err(format!("counting stale {state} rows")))?;
         let count: i64 = row.try_get(0).map_err(self.err("counting stale rows"))?;
         let oldest: Option<f64> = row.try_get(1).map_err(self.err("counting stale rows"))?;
+        let newest: Option<f64> = row.try_get(2).map_err(self.err("counting stale rows"))?;
         Ok(StaleSummary {
             count: count.max(0) as u64,
             oldest: oldest.and_then(epoch_seconds),
+            newest: newest.and_then(epoch_seconds),
         })
     }
 

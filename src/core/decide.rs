@@ -394,6 +394,62 @@ pub fn plan<'a>(
         .collect()
 }
 
+/// Whether a decision is at rest: it writes nothing, holds nothing that can
+/// lift without new input (a queue draining, workers returning, a storm
+/// passing, the next pass's budget), and rests on every source answering.
+/// A sweep whose every row is at rest can only change when its stale rows,
+/// its evidence or time do (see `decision_changes_at`).
+pub fn at_rest(d: &Decision) -> bool {
+    match d.action {
+        Action::Leave => d.reason != Reason::EvidenceUnavailable,
+        Action::Hold => d.reason == Reason::Conflict,
+        Action::Requeue | Action::MarkSent | Action::MarkError => false,
+    }
+}
+
+/// The instant from which `decide` may answer otherwise for this row with
+/// the same row, ledger entry and evidence — time passing alone: a requeue
+/// interval ending, a give-up time arriving, a fresh row turning stale.
+/// `None` when only new input can change the decision. Decisions not at
+/// rest, and rows a source reports as lagging (the lag is the source's),
+/// may change at any time: their answer is the row's own time, already past.
+pub fn decision_changes_at(
+    rules: &Rules,
+    row: &StuckRow,
+    ctx: &RowContext<'_>,
+    d: &Decision,
+) -> Option<Timestamp> {
+    let lagging = ctx.evidence.iter().any(|sv| {
+        sv.verdict
+            == Verdict::InFlight {
+                reason: InFlightReason::Lagging,
+            }
+    });
+    if !at_rest(d) || lagging {
+        return Some(row.updated_at);
+    }
+    match (row.state, d.reason) {
+        (RowState::Pending, Reason::Fresh) => rules
+            .pending
+            .as_ref()
+            .map(|p| row.updated_at + delta(p.after)),
+        (RowState::Sending, Reason::Fresh) => rules
+            .sending
+            .as_ref()
+            .map(|s| row.updated_at + delta(s.after)),
+        (RowState::Pending, Reason::RecentlyRequeued) => {
+            let rule = rules.pending.as_ref()?;
+            let l = live_ledger(row, ctx)?;
+            Some(l.last_requeued_at + delta(requeue_interval(rule, l.attempts)))
+        }
+        (RowState::Sending, Reason::Deferred | Reason::AwaitingEvidence) => rules
+            .sending
+            .as_ref()
+            .map(|s| row.updated_at + delta(s.give_up_after)),
+        _ => None,
+    }
+}
+
 /// The order a pass walks a sweep's stuck rows in, which is the order the
 /// `max_actions` budget is spent in: sending rows first, so marks backed by
 /// a delivery or bounce record (and give-ups that are due) are never starved
@@ -993,5 +1049,113 @@ mod tests {
             row_evidence_expiry(&sending, &leave, give_up, [], t(0)),
             None
         );
+    }
+
+    #[test]
+    fn decisions_at_rest_say_when_time_alone_changes_them() {
+        let rules = rules();
+        let ledger = LedgerEntry {
+            attempts: 2,
+            last_requeued_at: t(-5 * MIN),
+            version: format!("v{}", -HOUR),
+        };
+        let leave = |r| Decision::new(Action::Leave, r);
+        let pending = row(RowState::Pending, -HOUR);
+        let sending = row(RowState::Sending, -HOUR);
+        let with_ledger = RowContext {
+            ledger: Some(&ledger),
+            ..Default::default()
+        };
+        let lag = [sv(Verdict::InFlight {
+            reason: InFlightReason::Lagging,
+        })];
+        let lagging = RowContext {
+            evidence: &lag,
+            ..Default::default()
+        };
+        let none = RowContext::default();
+        let table: Vec<(
+            &str,
+            &StuckRow,
+            &RowContext<'_>,
+            Decision,
+            Option<Timestamp>,
+        )> = vec![
+            (
+                "recently requeued: when the interval ends",
+                &pending,
+                &with_ledger,
+                leave(Reason::RecentlyRequeued),
+                Some(t(5 * MIN)),
+            ),
+            (
+                "awaiting evidence: at the give-up time",
+                &sending,
+                &none,
+                leave(Reason::AwaitingEvidence),
+                Some(t(23 * HOUR)),
+            ),
+            (
+                "deferred: at the give-up time",
+                &sending,
+                &none,
+                leave(Reason::Deferred),
+                Some(t(23 * HOUR)),
+            ),
+            (
+                "fresh: when it turns stale",
+                &pending,
+                &none,
+                leave(Reason::Fresh),
+                Some(t(-HOUR + 10 * MIN)),
+            ),
+            (
+                "given up and left: only new input",
+                &sending,
+                &none,
+                leave(Reason::NoEvidence),
+                None,
+            ),
+            (
+                "a conflict: only new evidence",
+                &sending,
+                &none,
+                Decision::new(Action::Hold, Reason::Conflict),
+                None,
+            ),
+            (
+                "a write: any time",
+                &pending,
+                &none,
+                Decision::requeue(Reason::StalePending, 1),
+                Some(t(-HOUR)),
+            ),
+            (
+                "still queued: any time",
+                &pending,
+                &none,
+                Decision::new(Action::Hold, Reason::StillQueued),
+                Some(t(-HOUR)),
+            ),
+            (
+                "a source down: any time",
+                &sending,
+                &none,
+                leave(Reason::EvidenceUnavailable),
+                Some(t(-HOUR)),
+            ),
+            (
+                "lagging: any time",
+                &sending,
+                &lagging,
+                leave(Reason::AwaitingEvidence),
+                Some(t(-HOUR)),
+            ),
+        ];
+        for (name, row, ctx, d, want) in table {
+            assert_eq!(decision_changes_at(&rules, row, ctx, &d), want, "{name}");
+        }
+        assert!(at_rest(&leave(Reason::AwaitingEvidence)));
+        assert!(!at_rest(&Decision::new(Action::Hold, Reason::MaxActions)));
     }
 }

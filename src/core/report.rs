@@ -94,6 +94,10 @@ pub struct SweepReport {
     pub evidence_expiring: u64,
     pub errors: Vec<PassError>,
     pub duration_seconds: f64,
+    /// Stale rows this pass read and decided (0 for a daemon pass that
+    /// found its sweep at rest and unchanged). Not part of the JSON report.
+    #[serde(skip)]
+    pub examined: u64,
 }
 
 impl SweepReport {
@@ -113,6 +117,7 @@ impl SweepReport {
             evidence_expiring: 0,
             errors: Vec::new(),
             duration_seconds: 0.0,
+            examined: 0,
         }
     }
 

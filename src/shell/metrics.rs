@@ -62,6 +62,7 @@ pub struct Metrics {
     expiring: IntGaugeVec,
     reloads: IntCounterVec,
     reload_ok: IntGaugeVec,
+    examined: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -162,6 +163,13 @@ impl Metrics {
             ),
             &[],
         ));
+        let examined = must(IntCounterVec::new(
+            Opts::new(
+                "sweeper_rows_examined_total",
+                "Stale rows read and decided by passes; a daemon pass that finds its sweep at rest and unchanged examines none.",
+            ),
+            &["sweep"],
+        ));
         let build = must(IntGaugeVec::new(
             Opts::new(
                 "sweeper_build_info",
@@ -185,6 +193,7 @@ impl Metrics {
             Box::new(expiring.clone()),
             Box::new(reloads.clone()),
             Box::new(reload_ok.clone()),
+            Box::new(examined.clone()),
             Box::new(build),
         ] {
             names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
@@ -210,6 +219,7 @@ impl Metrics {
             expiring,
             reloads,
             reload_ok,
+            examined,
         }
     }
 
@@ -237,6 +247,7 @@ impl Metrics {
             self.duration.with_label_values(&[n]);
             self.last_success.with_label_values(&[n]);
             self.expiring.with_label_values(&[n]);
+            self.examined.with_label_values(&[n]);
         }
         for name in cfg.evidence.keys() {
             for v in VERDICT_LABELS {
@@ -363,6 +374,7 @@ impl Metrics {
                     .set(to_i(held));
             }
         }
+        self.examined.with_label_values(&[n]).inc_by(s.examined);
         for a in [Action::Leave, Action::Hold] {
             let c = s.decisions.get(&a).copied().unwrap_or(0);
             self.actions.with_label_values(&[n, a.as_str()]).inc_by(c);

@@ -32,7 +32,9 @@ use crate::adapters::queue::{JobRequest, QueueClient, QueueError};
 use crate::adapters::tail::Tailer;
 use crate::config::{Config, EvidenceKind, EvidenceRef, QueueKind, SweepConfig};
 use crate::core::decide::BUDGET_ORDER;
-use crate::core::decide::{row_evidence_expiry, with_lag, Brakes, Planner, RowContext};
+use crate::core::decide::{
+    at_rest, decision_changes_at, row_evidence_expiry, with_lag, Brakes, Planner, RowContext,
+};
 use crate::core::evidence::{normalize_key, KeyFilter, LineRef, TraceStore};
 use crate::core::model::{
     Action, Decision, LedgerEntry, Outcome, Presence, RowState, SourceVerdict, Stage, StuckRow,
@@ -60,6 +62,26 @@ pub struct Connections {
     /// The daemon's incremental log readers, by source name; shared with
     /// every `fork` of these connections.
     tailers: Arc<Mutex<HashMap<String, SharedTailer>>>,
+    /// Per sweep: its last full pass, when every row was at rest.
+    memos: HashMap<String, Memo>,
+}
+
+/// What the daemon keeps of a sweep's last full pass when every decision
+/// was at rest (`core::decide::at_rest`): no per-row detail, only what
+/// shows whether anything could have changed since, and the counts to
+/// report again. A pass whose stale rows (count, oldest, newest), log
+/// sources (bytes read) and clock (before `until`) show no change decides
+/// exactly as that pass did, so it reports those counts without walking.
+#[derive(Clone, Debug)]
+struct Memo {
+    stale: PerState<StaleSummary>,
+    /// Bytes each log source's tailer had read.
+    tails: BTreeMap<String, u64>,
+    /// The first instant time alone may change a decision (`None`: never).
+    until: Option<Timestamp>,
+    decisions: BTreeMap<Action, u64>,
+    reasons: BTreeMap<crate::core::model::Reason, u64>,
+    evidence_expiring: u64,
 }
 
 impl Connections {
@@ -75,6 +97,7 @@ impl Connections {
             queues: HashMap::new(),
             ledger_ready: self.ledger_ready.clone(),
             tailers: self.tailers.clone(),
+            memos: HashMap::new(),
         }
     }
 
@@ -392,6 +415,8 @@ struct RowWork {
     presence: Option<Presence>,
     decision: Decision,
     expires: Option<Timestamp>,
+    /// When time alone may change the decision (see `decision_changes_at`).
+    changes_at: Option<Timestamp>,
     outcome: Outcome,
 }
 
@@ -433,7 +458,7 @@ pub async fn run_pass(
         };
         sources.insert(name.clone(), err);
     }
-    for (name, (_, err)) in &tailers {
+    for (name, (_, err, _)) in &tailers {
         sources.insert(name.clone(), err.clone());
     }
     let per_page: BTreeMap<String, provider::Source> = per_page_sources(cfg, &opened, &scans);
@@ -848,7 +873,7 @@ async fn poll_tailers(
     conns: &Connections,
     used: &HashSet<String>,
     wall_now: Timestamp,
-) -> BTreeMap<String, (SharedTailer, Option<String>)> {
+) -> BTreeMap<String, (SharedTailer, Option<String>, u64)> {
     // Per source: the longest any configured sweep may wait for its
     // evidence (not only the sweeps due now: pruning for one sweep must not
     // drop what another still needs).
@@ -882,24 +907,25 @@ async fn poll_tailers(
             let mut tailer = guard;
             let r = tailer.poll(wall_now);
             tailer.prune(wall_now - keep);
-            r.err().map(|e| e.to_string())
+            (r.err().map(|e| e.to_string()), tailer.stats.bytes)
         })
         .await;
-        let (shared, err) = match polled {
-            Ok(err) => (shared, err),
+        let (shared, err, bytes) = match polled {
+            Ok((err, bytes)) => (shared, err, bytes),
             Err(e) => {
                 // The tailer may be half-updated; a fresh one re-reads.
                 let fresh = conns.replace_tailer(source, Tailer::new(source, lcfg, wall_now));
                 (
                     fresh,
                     Some(format!("evidence {source}: log reader failed: {e}")),
+                    0,
                 )
             }
         };
         if let Some(e) = &err {
             tracing::warn!(source, error = %e, "evidence source unavailable");
         }
-        out.insert(source.to_string(), (shared, err));
+        out.insert(source.to_string(), (shared, err, bytes));
     }
     out
 }
@@ -909,7 +935,7 @@ struct Evidence<'a> {
     /// Sources read once for this pass.
     scans: &'a BTreeMap<String, Result<SourceScan, String>>,
     /// The daemon's tailers, with this pass's poll error.
-    tailers: &'a BTreeMap<String, (SharedTailer, Option<String>)>,
+    tailers: &'a BTreeMap<String, (SharedTailer, Option<String>, u64)>,
     /// Provider sources asked per page.
     per_page: &'a BTreeMap<String, provider::Source>,
 }
@@ -996,6 +1022,12 @@ struct SweepRun {
     moved_to_pending: HashSet<String>,
     requeued: bool,
     detail_rows: Vec<(StuckRow, Decision, Vec<SourceVerdict>, Option<LedgerEntry>)>,
+    /// Every decision so far is at rest.
+    at_rest: bool,
+    /// The first instant time alone may change a decision so far.
+    until: Option<Timestamp>,
+    /// The walk went through every stale row.
+    complete: bool,
 }
 
 /// What the walk of one sweep shares with every page.
@@ -1037,6 +1069,9 @@ async fn walk_sweep(
         moved_to_pending: HashSet::new(),
         requeued: false,
         detail_rows: Vec::new(),
+        at_rest: true,
+        until: None,
+        complete: false,
     };
     let Some(ready) = ready else {
         run.report.duration_seconds = started.elapsed().as_secs_f64();
@@ -1058,6 +1093,36 @@ async fn walk_sweep(
     } else {
         stale_rows > 0
     };
+    // The daemon: a sweep at rest whose stale rows, logs and clock show no
+    // change decides as its last pass did; report that without a walk.
+    let tails = if opts.incremental && !single {
+        log_tails(sweep, ev)
+    } else {
+        None
+    };
+    if let (Some(tails), Some(memo)) = (&tails, conns.memos.get(&sweep.name)) {
+        if memo.stale == ready.stale && memo.tails == *tails && memo.until.is_none_or(|u| now < u) {
+            run.report.decisions = memo.decisions.clone();
+            run.report.reasons = memo.reasons.clone();
+            run.report.evidence_expiring = memo.evidence_expiring;
+            if !opts.dry_run {
+                run.report.outcomes = Some(Outcomes::default());
+            }
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
+            run.report.duration_seconds = started.elapsed().as_secs_f64();
+            return (
+                run.report,
+                SweepDetail {
+                    sweep: sweep.name.clone(),
+                    now: Some(now),
+                    rows: vec![],
+                    target: None,
+                },
+            );
+        }
+    }
     let (presence, workers_alive) = if has_rows {
         queue_checks(cfg, conns, sweep, &mut run.report).await
     } else {
@@ -1082,6 +1147,7 @@ async fn walk_sweep(
         Some(false)
     };
     let page_size = ready.table.batch_size.max(1) as usize;
+    run.complete = ledger_exists.is_some();
     if let Some(ledger_exists) = ledger_exists.filter(|_| has_rows) {
         let walk = Walk {
             cfg,
@@ -1119,6 +1185,7 @@ async fn walk_sweep(
             let mut after: Option<StuckRow> = None;
             loop {
                 if opts.stopping() && !opts.dry_run {
+                    run.complete = false;
                     break 'states;
                 }
                 let page = match ready
@@ -1129,6 +1196,7 @@ async fn walk_sweep(
                     Ok(p) => p,
                     Err(e) => {
                         note(&mut run.report.errors, Stage::Fetch, &e.into());
+                        run.complete = false;
                         break 'states;
                     }
                 };
@@ -1163,6 +1231,24 @@ async fn walk_sweep(
         }
         run.report.outcomes = Some(std::mem::take(&mut run.outcomes));
     }
+    match tails {
+        Some(tails) if run.complete && run.at_rest && run.report.errors.is_empty() => {
+            conns.memos.insert(
+                sweep.name.clone(),
+                Memo {
+                    stale: ready.stale,
+                    tails,
+                    until: run.until,
+                    decisions: run.report.decisions.clone(),
+                    reasons: run.report.reasons.clone(),
+                    evidence_expiring: run.report.evidence_expiring,
+                },
+            );
+        }
+        _ => {
+            conns.memos.remove(&sweep.name);
+        }
+    }
     let mut rows = run.rows.remove(&RowState::Pending).unwrap_or_default();
     rows.extend(run.rows.remove(&RowState::Sending).unwrap_or_default());
     let max_rows = opts.max_rows.unwrap_or(usize::MAX);
@@ -1183,6 +1269,20 @@ async fn walk_sweep(
         rows: run.detail_rows,
     };
     (run.report, detail)
+}
+
+/// Bytes read so far by the tailer of each of the sweep's evidence sources;
+/// `None` unless every source is a log tailer that answered this pass (a
+/// provider can learn of events at any time).
+fn log_tails(sweep: &SweepConfig, ev: &Evidence<'_>) -> Option<BTreeMap<String, u64>> {
+    sweep
+        .evidence
+        .iter()
+        .map(|e| match ev.tailers.get(&e.source) {
+            Some((_, None, bytes)) => Some((e.source.clone(), *bytes)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Look up, plan and (unless dry run) apply one page of rows.
@@ -1231,6 +1331,7 @@ async fn settle_page(
             evidence: Vec::new(),
             decision: Decision::new(Action::Leave, crate::core::model::Reason::Fresh),
             expires: None,
+            changes_at: None,
             outcome: Outcome::NotApplied,
         })
         .collect();
@@ -1265,19 +1366,17 @@ async fn settle_page(
         .filter_map(|e| retention_of(cfg, &e.source))
         .collect();
     for w in &mut work {
+        let ctx = RowContext {
+            ledger: w.ledger.as_ref(),
+            evidence: &w.evidence,
+            presence: w.presence,
+        };
         w.decision = if unasked && w.row.state == RowState::Sending {
             planner.unasked()
         } else {
-            planner.decide(
-                &w.row,
-                &RowContext {
-                    ledger: w.ledger.as_ref(),
-                    evidence: &w.evidence,
-                    presence: w.presence,
-                },
-                now,
-            )
+            planner.decide(&w.row, &ctx, now)
         };
+        w.changes_at = decision_changes_at(&sweep.rules, &w.row, &ctx, &w.decision);
         w.expires = row_evidence_expiry(
             &w.row,
             &w.decision,
@@ -1329,7 +1428,7 @@ async fn page_evidence(
                 .iter()
                 .map(|i| source_verdict(e, &work[*i].row, index, now))
                 .collect()
-        } else if let Some((tailer, err)) = ev.tailers.get(&e.source) {
+        } else if let Some((tailer, err, _)) = ev.tailers.get(&e.source) {
             let guard = tailer.lock().await;
             let index = match err {
                 None => Ok(&*guard as &dyn EvidenceIndex),
@@ -1392,6 +1491,11 @@ async fn page_evidence(
 fn account(work: &mut Vec<RowWork>, run: &mut SweepRun, now: Timestamp, opts: &PassOptions) {
     let max_rows = opts.max_rows.unwrap_or(usize::MAX);
     for w in work.drain(..) {
+        run.at_rest &= at_rest(&w.decision);
+        run.report.examined += 1;
+        for t in [w.changes_at, w.expires].into_iter().flatten() {
+            run.until = Some(run.until.map_or(t, |u| u.min(t)));
+        }
         *run.report.decisions.entry(w.decision.action).or_default() += 1;
         *run.report.reasons.entry(w.decision.reason).or_default() += 1;
         if w.expires.is_some() {

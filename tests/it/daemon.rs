@@ -118,6 +118,16 @@ struct Daemon {
     log: tempfile::NamedTempFile,
 }
 
+/// A failing test must not leave its daemon running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn spawn(cfg: &Path, initial_delay: &str) -> Daemon {
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = sweeper()
@@ -447,6 +457,80 @@ async fn sigterm_mid_pass_leaves_nothing_half_applied() {
         0,
         "whole batches only (batch_size 50): {pushed}"
     );
+    redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
+}
+
+/// `sweeper_rows_examined_total` and the pass count of the sweep.
+fn examined_and_passes(port: u16) -> Option<(f64, f64)> {
+    let (_, t) = get(port, "/metrics")?;
+    let m = parse_metrics(&t);
+    let s = "sweep=\"notifications\"";
+    Some((
+        *m.get(&canon(&format!("sweeper_rows_examined_total{{{s}}}")))?,
+        *m.get(&canon(&format!(
+            "sweeper_pass_duration_seconds_count{{{s}}}"
+        )))?,
+    ))
+}
+
+#[tokio::test]
+async fn a_daemon_at_rest_rereads_nothing_until_a_log_line_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ns = unique("resque_rest");
+    let mut r = redis().await;
+    let base = config(&b, dir.path(), &ns, 5);
+    let port = free_port();
+    let cfg = write(
+        dir.path(),
+        "run.yaml",
+        &daemon_config(&base, port, "1s", ""),
+    );
+    let d = spawn(&cfg, "0s");
+    // Pass 1 requeues and settles; pass 2 finds every row at rest (three
+    // requeued rows wait out their interval, row 7 awaits evidence).
+    let (examined, passes) = wait_for("three passes", Duration::from_secs(60), || {
+        examined_and_passes(port).filter(|(_, p)| *p >= 3.0)
+    });
+    assert!(
+        examined >= 6.0 + 4.0,
+        "passes 1 and 2 read the stale rows: {examined}"
+    );
+    // Later passes find nothing changed and read no rows.
+    let (later, _) = wait_for("three more passes", Duration::from_secs(60), || {
+        examined_and_passes(port).filter(|(_, p)| *p >= passes + 3.0)
+    });
+    assert_eq!(later, examined, "passes at rest read no rows");
+    assert_eq!(b.state(7).await, "sending");
+
+    // A delivery line for row 7 arrives: the next pass reads and settles it.
+    let at = (chrono::Utc::now() - chrono::TimeDelta::minutes(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("mail.log"))
+        .unwrap();
+    write!(
+        log,
+        "{at} mail postfix/cleanup[1]: AAAA000007: message-id=<m7@t.example>\n\
+         {at} mail postfix/qmgr[2]: AAAA000007: from=<n@t.example>, size=500, nrcpt=1 (queue active)\n\
+         {at} mail postfix/smtp[3]: AAAA000007: to=<u7@d.example>, relay=mx[192.0.2.1]:25, delay=0.2, delays=0/0/0.1/0.1, dsn=2.0.0, status=sent (250 ok)\n\
+         {at} mail postfix/qmgr[2]: AAAA000007: removed\n"
+    )
+    .unwrap();
+    drop(log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.state(7).await != "sent" {
+        assert!(Instant::now() < deadline, "row 7 was not settled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (after, _) = examined_and_passes(port).unwrap();
+    assert!(after > later, "the pass after the new line read rows again");
+
+    signal(&d, "TERM");
+    let (code, _, _) = wait_exit(d, Duration::from_secs(30));
+    assert_eq!(code, Some(0));
     redis_clear(&mut r, &ns).await;
     b.cleanup().await;
 }
