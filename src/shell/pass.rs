@@ -696,7 +696,9 @@ async fn read_once(
         })
         .map(|(s, _)| *s)
         .collect();
-    let mut wanted: BTreeMap<String, BTreeMap<String, WantedRow>> = BTreeMap::new();
+    // Per source: the wanted keys (one compact entry each) and the earliest
+    // window start among their rows.
+    let mut wanted: BTreeMap<String, (HashSet<String>, Option<Timestamp>)> = BTreeMap::new();
     for o in opened.iter_mut() {
         let sweep = o.sweep;
         let Some(ready) = &o.ready else { continue };
@@ -711,12 +713,9 @@ async fn read_once(
         let mut add = |row: &StuckRow| {
             for e in &entries {
                 if let Some(w) = wanted_row(cfg, e, row) {
-                    let slot = wanted
-                        .entry(e.source.clone())
-                        .or_default()
-                        .entry(w.key.clone())
-                        .or_insert_with(|| w.clone());
-                    slot.since = slot.since.min(w.since);
+                    let (keys, since) = wanted.entry(e.source.clone()).or_default();
+                    *since = Some(since.map_or(w.since, |s| s.min(w.since)));
+                    keys.insert(w.key);
                 }
             }
         };
@@ -729,7 +728,9 @@ async fn read_once(
         let (Some(cutoff), true) = (ready.cutoffs.sending, ready.stale.sending.count > 0) else {
             continue;
         };
-        let light = ready.table.without_args();
+        // Keys only, so pages can be larger than the walk's.
+        let mut light = ready.table.without_args();
+        light.batch_size = light.batch_size.saturating_mul(10).min(10_000);
         let mut after: Option<StuckRow> = None;
         let walked: Result<(), DbError> = async {
             loop {
@@ -757,17 +758,26 @@ async fn read_once(
         }
     }
     let mut out = BTreeMap::new();
-    for (source, rows) in wanted {
+    for (source, (keys, since)) in wanted {
         let ecfg = cfg
             .evidence
             .get(&source)
             .expect("validation resolves sources");
         let scan = match &ecfg.kind {
-            EvidenceKind::Log(lcfg) => {
-                scan_log(&source, lcfg, rows.into_keys().collect(), opts, wall_now).await
-            }
+            EvidenceKind::Log(lcfg) => scan_log(&source, lcfg, keys, opts, wall_now).await,
             EvidenceKind::Provider(pcfg) => {
-                let rows: Vec<WantedRow> = rows.into_values().collect();
+                // A time-range scan: it starts at the earliest window and
+                // matches the keys locally (per-row fields are for per-key
+                // queries, which are asked page by page instead).
+                let since = since.unwrap_or(wall_now);
+                let rows: Vec<WantedRow> = keys
+                    .into_iter()
+                    .map(|key| WantedRow {
+                        key,
+                        since,
+                        fields: BTreeMap::new(),
+                    })
+                    .collect();
                 let ps = provider::fetch(&source, pcfg, &rows, opts.keep_text).await;
                 Ok(SourceScan::of_provider(pcfg, ps))
             }
@@ -1037,7 +1047,6 @@ struct Walk<'a, 'b> {
     ready: &'a Ready,
     ev: &'a Evidence<'b>,
     opts: &'a PassOptions,
-    ledger_exists: bool,
     presence: Option<Result<PresenceIndex, ()>>,
 }
 
@@ -1155,7 +1164,6 @@ async fn walk_sweep(
             ready: &ready,
             ev,
             opts,
-            ledger_exists,
             presence,
         };
         'states: for state in BUDGET_ORDER {
@@ -1164,10 +1172,21 @@ async fn walk_sweep(
             };
             if single {
                 if let Some(row) = ready.target_in(state) {
+                    let ledger = if ledger_exists {
+                        match ready.db.ledger_get(&sweep.name, &[row.key.as_str()]).await {
+                            Ok(mut l) => l.remove(&row.key),
+                            Err(e) => {
+                                note(&mut run.report.errors, Stage::Ledger, &e.into());
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     let mut work = settle_page(
                         &walk,
                         conns,
-                        vec![row.clone()],
+                        vec![(row.clone(), ledger)],
                         &mut planner,
                         &mut run,
                         lookups,
@@ -1182,29 +1201,51 @@ async fn walk_sweep(
             if ready.stale.get(state).count == 0 {
                 continue;
             }
-            let mut after: Option<StuckRow> = None;
-            loop {
+            // The next page is read while this one is settled.
+            let fetch = |after: Option<StuckRow>| {
+                let db = ready.db.clone();
+                let table = ready.table.clone();
+                let sweep_name = sweep.name.clone();
+                tokio::spawn(async move {
+                    db.stale_page_with_ledger(
+                        &table,
+                        state,
+                        cutoff,
+                        after.as_ref(),
+                        &sweep_name,
+                        ledger_exists,
+                        table.batch_size.max(1),
+                    )
+                    .await
+                })
+            };
+            let mut next = Some(fetch(None));
+            while let Some(pending_page) = next.take() {
                 if opts.stopping() && !opts.dry_run {
+                    pending_page.abort();
                     run.complete = false;
                     break 'states;
                 }
-                let page = match ready
-                    .db
-                    .stale_page(&ready.table, state, cutoff, after.as_ref())
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => {
+                let page = match pending_page.await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
                         note(&mut run.report.errors, Stage::Fetch, &e.into());
                         run.complete = false;
                         break 'states;
                     }
+                    Err(e) => {
+                        let fault = Fault::Source(format!("reading a page of rows failed: {e}"));
+                        note(&mut run.report.errors, Stage::Fetch, &fault);
+                        run.complete = false;
+                        break 'states;
+                    }
                 };
-                let done = page.len() < page_size;
-                after = page.last().cloned();
-                let page: Vec<StuckRow> = page
+                if page.len() >= page_size {
+                    next = page.last().map(|(r, _)| fetch(Some(r.clone())));
+                }
+                let page: Vec<(StuckRow, Option<LedgerEntry>)> = page
                     .into_iter()
-                    .filter(|r| !run.moved_to_pending.contains(&r.key))
+                    .filter(|(r, _)| !run.moved_to_pending.contains(&r.key))
                     .collect();
                 let mut work = settle_page(
                     &walk,
@@ -1218,9 +1259,6 @@ async fn walk_sweep(
                 )
                 .await;
                 account(&mut work, &mut run, now, opts);
-                if done || after.is_none() {
-                    break;
-                }
             }
         }
     }
@@ -1290,7 +1328,7 @@ fn log_tails(sweep: &SweepConfig, ev: &Evidence<'_>) -> Option<BTreeMap<String, 
 async fn settle_page(
     walk: &Walk<'_, '_>,
     conns: &mut Connections,
-    page: Vec<StuckRow>,
+    page: Vec<(StuckRow, Option<LedgerEntry>)>,
     planner: &mut Planner<'_>,
     run: &mut SweepRun,
     lookups: &mut BTreeMap<(String, &'static str), u64>,
@@ -1306,23 +1344,10 @@ async fn settle_page(
         ..
     } = *walk;
     let now = ready.now;
-    let ledger = if walk.ledger_exists && !page.is_empty() {
-        let keys: Vec<&str> = page.iter().map(|r| r.key.as_str()).collect();
-        match ready.db.ledger_get(&sweep.name, &keys).await {
-            Ok(l) => l,
-            Err(e) => {
-                note(&mut run.report.errors, Stage::Ledger, &e.into());
-                // Without its ledger entries no row of the page is decided.
-                return Vec::new();
-            }
-        }
-    } else {
-        HashMap::new()
-    };
     let mut work: Vec<RowWork> = page
         .into_iter()
-        .map(|row| RowWork {
-            ledger: ledger.get(&row.key).cloned(),
+        .map(|(row, ledger)| RowWork {
+            ledger,
             presence: walk.presence.as_ref().map(|p| match (p, &sweep.job) {
                 (Ok(idx), Some(job)) => idx.lookup(&job.class, &row.args),
                 _ => Presence::Unknown,
@@ -1335,7 +1360,6 @@ async fn settle_page(
             outcome: Outcome::NotApplied,
         })
         .collect();
-    drop(ledger);
 
     // Evidence for the sending rows — unless the budget is spent and the
     // sweep asks a provider per page: then those rows are not looked up.
