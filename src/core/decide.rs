@@ -179,6 +179,7 @@ fn requeue_or_give_up(
         Some(Presence::Queued) => return Decision::new(Action::Hold, Reason::StillQueued),
         Some(Presence::Running) => return Decision::new(Action::Hold, Reason::Running),
         Some(Presence::Unknown) => return Decision::new(Action::Hold, Reason::PresenceUnavailable),
+        Some(Presence::Backlog) => return Decision::new(Action::Hold, Reason::QueueBacklog),
         Some(Presence::Absent) | None => {}
     }
     if attempts >= rule.max_attempts {
@@ -651,6 +652,21 @@ mod tests {
             case("unknown presence holds", Pending, -2 * HOUR)
                 .presence(Presence::Unknown)
                 .want(Hold, Reason::PresenceUnavailable),
+            case(
+                "a job not seen in a truncated scan is held",
+                Pending,
+                -2 * HOUR,
+            )
+            .presence(Presence::Backlog)
+            .want(Hold, Reason::QueueBacklog),
+            case(
+                "a truncated scan holds even the last attempt",
+                Pending,
+                -2 * HOUR,
+            )
+            .ledger(3, 20 * MIN, true)
+            .presence(Presence::Backlog)
+            .want(Hold, Reason::QueueBacklog),
             case("absent job is requeued", Pending, -2 * HOUR)
                 .presence(Presence::Absent)
                 .want_requeue(Reason::StalePending, 1),

@@ -161,6 +161,10 @@ pub enum Presence {
     Running,
     /// The presence check was configured but could not be made.
     Unknown,
+    /// Not among the jobs looked at, but the queue holds more than the
+    /// check looks at (`presence_check.max_entries`): it may be waiting
+    /// further back. A truncated scan proves nothing about absence.
+    Backlog,
 }
 
 /// The five things sweeper can decide to do with a stuck row.
@@ -253,6 +257,9 @@ pub enum Reason {
     MaxActions,
     /// The presence check could not be made (queue unreachable).
     PresenceUnavailable,
+    /// The queue is longer than the presence check looks at, and the job
+    /// was not among the entries looked at: it may still be waiting.
+    QueueBacklog,
 }
 
 impl Reason {
@@ -278,6 +285,7 @@ impl Reason {
             Reason::NoWorkers => "no_workers",
             Reason::MaxActions => "max_actions",
             Reason::PresenceUnavailable => "presence_unavailable",
+            Reason::QueueBacklog => "queue_backlog",
         }
     }
 
@@ -319,6 +327,9 @@ impl Reason {
             Reason::MaxActions => "limits.max_actions already reached in this pass",
             Reason::PresenceUnavailable => {
                 "could not check whether its job is still queued; not requeueing blind"
+            }
+            Reason::QueueBacklog => {
+                "its queue holds more jobs than presence_check.max_entries and the job was not among those looked at: it may still be waiting, so it is not pushed again"
             }
         }
     }

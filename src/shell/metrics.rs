@@ -26,7 +26,7 @@ pub const ACTION_LABELS: [&str; 6] = [
 ];
 
 /// Reasons a row can be held; `sweeper_held_rows` has one series each.
-pub const HOLD_REASONS: [Reason; 7] = [
+pub const HOLD_REASONS: [Reason; 8] = [
     Reason::Storm,
     Reason::NoWorkers,
     Reason::MaxActions,
@@ -34,6 +34,7 @@ pub const HOLD_REASONS: [Reason; 7] = [
     Reason::Running,
     Reason::Conflict,
     Reason::PresenceUnavailable,
+    Reason::QueueBacklog,
 ];
 
 /// Verdict labels of `sweeper_evidence_lookups_total`.

@@ -1605,7 +1605,7 @@ async fn queue_checks(
                         sweep = %sweep.name,
                         queue = %job.queue,
                         max_entries = p.max_entries,
-                        "presence check stopped at max_entries; jobs beyond it count as absent"
+                        "presence check stopped at max_entries; rows whose job was not seen are held (queue_backlog)"
                     );
                 }
                 Ok(idx)

@@ -633,3 +633,78 @@ async fn http_job_api_accepts_retries_5xx_and_fails_4xx() {
     assert_eq!(keys_with(s, "requeue"), ["3"], "{s:#}");
     b.cleanup().await;
 }
+
+/// The app's own jobs for the stale rows 2, 3 and 10 wait at the far end of
+/// a queue longer than the presence check looks: the rows are held
+/// (`queue_backlog`) and nothing is pushed twice; a bound that covers the
+/// queue finds them (`still_queued`).
+async fn a_job_beyond_the_presence_bound_is_held_not_pushed_twice(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ns = unique(&format!("{kind}_backlog"));
+    let mut r = redis().await;
+    let base = config(&b, dir.path(), &ns, 5);
+    let bounded = |n: u32| {
+        edit(
+            &base,
+            "kind: resque",
+            &format!("kind: {kind}\n    presence_check: {{max_entries: {n}}}"),
+        )
+    };
+    let key = format!("{ns}:queue:notify");
+    let _: () = redis::cmd("SADD")
+        .arg(format!("{ns}:queues"))
+        .arg("notify")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let filler =
+            json!({"class": "NotifyUser", "args": [1000 + i, 5000 + i], "queue": "notify"});
+        let _: () = redis::cmd("RPUSH")
+            .arg(&key)
+            .arg(filler.to_string())
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    for args in [json!([12, 2]), json!([null, 3]), json!([20, 10])] {
+        let job = json!({"class": "NotifyUser", "args": args, "queue": "notify"});
+        let _: () = redis::cmd("RPUSH")
+            .arg(&key)
+            .arg(job.to_string())
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    assert_eq!(llen(&mut r, &key).await, 13);
+
+    let s = once_json(&bounded(5), 0);
+    let s = sweep_json(&s, "notifications");
+    assert_eq!(reasons(s).get("queue_backlog"), Some(&3), "{s:#}");
+    assert_eq!(s["outcomes"]["applied"].get("requeue"), None, "{s:#}");
+    assert_eq!(llen(&mut r, &key).await, 13, "nothing pushed twice");
+    let o = explain(&bounded(5), "notifications", "10");
+    assert!(
+        stdout(&o).contains("decision    hold because queue_backlog"),
+        "{}",
+        stdout(&o)
+    );
+
+    let s = once_json(&bounded(1000), 0);
+    let s = sweep_json(&s, "notifications");
+    assert_eq!(reasons(s).get("still_queued"), Some(&3), "{s:#}");
+    assert_eq!(llen(&mut r, &key).await, 13);
+    redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn resque_holds_a_job_beyond_the_presence_bound() {
+    a_job_beyond_the_presence_bound_is_held_not_pushed_twice("resque").await;
+}
+
+#[tokio::test]
+async fn sidekiq_holds_a_job_beyond_the_presence_bound() {
+    a_job_beyond_the_presence_bound_is_held_not_pushed_twice("sidekiq").await;
+}

@@ -117,6 +117,8 @@ impl PresenceIndex {
             Presence::Running
         } else if self.queued.contains(&key) {
             Presence::Queued
+        } else if self.truncated {
+            Presence::Backlog
         } else {
             Presence::Absent
         }
@@ -174,5 +176,20 @@ mod tests {
             Presence::Absent
         );
         assert_eq!(idx.scanned, 4);
+    }
+
+    #[test]
+    fn a_truncated_scan_never_reports_absence() {
+        let mut idx = PresenceIndex::default();
+        idx.add_text(r#"{"class":"NotifyUser","args":[12,2]}"#, false);
+        idx.truncated = true;
+        assert_eq!(
+            idx.lookup("NotifyUser", &[json!(12), json!(2)]),
+            Presence::Queued
+        );
+        assert_eq!(
+            idx.lookup("NotifyUser", &[json!(15), json!(5)]),
+            Presence::Backlog
+        );
     }
 }
