@@ -475,10 +475,12 @@ impl Db {
             .map_err(self.err(format!("decoding stale {state} rows of {}", t.table)))
     }
 
-    /// One page of at most `limit` stale rows of `state` in key order after
-    /// `after`, each with its ledger entry for `sweep` when `ledger` says
-    /// the ledger table exists (joined in the same query: one round trip).
-    #[allow(clippy::too_many_arguments)]
+    /// One page of stale rows of `state` in key order after `after`, each
+    /// with its ledger entry for `sweep` when `ledger` says the ledger table
+    /// exists. Two queries: a join would leave the ledger lookup to a
+    /// planner whose statistics for a freshly grown ledger are stale (a
+    /// nested loop over every ledger row per page row was seen), while a
+    /// key list costs at most one scan of the ledger per page.
     pub async fn stale_page_with_ledger(
         &self,
         t: &SweepTable,
@@ -487,83 +489,21 @@ impl Db {
         after: Option<&StuckRow>,
         sweep: &str,
         ledger: bool,
-        limit: u32,
     ) -> Result<Vec<(StuckRow, Option<LedgerEntry>)>, DbError> {
-        // The key in its own type orders the page (never as text), and is
-        // not selected out of the join: the Any driver cannot carry every
-        // key type (uuid, numeric).
-        let order = if ledger {
-            format!(", {}.{} AS sweeper_order", t.table, t.key)
+        let rows = self.stale_page(t, state, cutoff, after).await?;
+        let mut entries = if ledger && !rows.is_empty() {
+            let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+            self.ledger_get(sweep, &keys).await?
         } else {
-            String::new()
+            HashMap::new()
         };
-        let mut inner = format!(
-            "SELECT {}{order} FROM {table} WHERE {state} = {lit} AND {older}",
-            t.select_list(),
-            table = t.table,
-            state = t.state,
-            lit = t.literal(state),
-            older = t.older_than(1),
-        );
-        if after.is_some() {
-            let _ = write!(inner, " AND {}.{} > {}", t.table, t.key, t.key_param(2));
-        }
-        let _ = write!(inner, " ORDER BY {}.{} LIMIT {limit}", t.table, t.key);
-        let sql = if ledger {
-            let mut cols = String::from(
-                "sweeper_p.sweeper_key, sweeper_p.sweeper_key_int, sweeper_p.sweeper_version, \
-                 sweeper_p.sweeper_epoch, sweeper_p.sweeper_args",
-            );
-            for i in 0..t.lookups.len() {
-                let _ = write!(cols, ", sweeper_p.sweeper_lookup_{i}");
-            }
-            format!(
-                "SELECT {cols}, sweeper_l.row_version, sweeper_l.attempts, sweeper_l.last_requeued_at \
-                 FROM ({inner}) AS sweeper_p LEFT JOIN {l} AS sweeper_l \
-                 ON sweeper_l.sweep = {p} AND sweeper_l.row_key = sweeper_p.sweeper_key \
-                 ORDER BY sweeper_p.sweeper_order",
-                l = self.ledger.quoted(),
-                p = ph(self.dialect, if after.is_some() { 3 } else { 2 }),
-            )
-        } else {
-            inner
-        };
-        let mut q = sqlx::query(&sql).bind(epoch_of(cutoff));
-        if let Some(a) = after {
-            q = t.bind_key(q, a);
-        }
-        if ledger {
-            q = q.bind(sweep.to_string());
-        }
-        let rows = q
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.err(format!("reading stale {state} rows of {}", t.table)))?;
-        let first_ledger = 5 + t.lookups.len();
-        let decode = |r: &AnyRow| -> Result<(StuckRow, Option<LedgerEntry>), sqlx::Error> {
-            let row = row_from(r, state, t.lookups.len())?;
-            if !ledger {
-                return Ok((row, None));
-            }
-            let version: Option<String> = r.try_get(first_ledger)?;
-            let entry = match version {
-                None => None,
-                Some(version) => {
-                    let attempts: i64 = r.try_get(first_ledger + 1)?;
-                    let at: f64 = r.try_get(first_ledger + 2)?;
-                    Some(LedgerEntry {
-                        attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
-                        last_requeued_at: epoch_seconds(at).unwrap_or_default(),
-                        version,
-                    })
-                }
-            };
-            Ok((row, entry))
-        };
-        rows.iter()
-            .map(decode)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.err(format!("decoding stale {state} rows of {}", t.table)))
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let e = entries.remove(&r.key);
+                (r, e)
+            })
+            .collect())
     }
 
     /// One row by key, whatever its state or age (for `explain`). Returns

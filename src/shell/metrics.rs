@@ -394,12 +394,14 @@ impl Metrics {
     }
 
     pub fn reloaded(&self, ok: bool) {
-        self.reloads
-            .with_label_values(&[if ok { "success" } else { "error" }])
-            .inc();
+        // The gauge first: a scrape that sees the reload counted sees its
+        // outcome too.
         self.reload_ok
             .with_label_values(&[] as &[&str])
             .set(i64::from(ok));
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "error" }])
+            .inc();
     }
 
     /// Names of every metric family (for checking dashboards and alerts).

@@ -1214,7 +1214,6 @@ async fn walk_sweep(
                         after.as_ref(),
                         &sweep_name,
                         ledger_exists,
-                        table.batch_size.max(1),
                     )
                     .await
                 })
