@@ -1225,7 +1225,15 @@ async fn walk_sweep(
                     run.complete = false;
                     break 'states;
                 }
-                let page = match pending_page.await {
+                let waited = Instant::now();
+                let page = pending_page.await;
+                tracing::debug!(
+                    sweep = %sweep.name,
+                    state = %state,
+                    wait_ms = waited.elapsed().as_secs_f64() * 1e3,
+                    "page read"
+                );
+                let page = match page {
                     Ok(Ok(p)) => p,
                     Ok(Err(e)) => {
                         note(&mut run.report.errors, Stage::Fetch, &e.into());
@@ -1343,6 +1351,7 @@ async fn settle_page(
         ..
     } = *walk;
     let now = ready.now;
+    let started = Instant::now();
     let mut work: Vec<RowWork> = page
         .into_iter()
         .map(|(row, ledger)| RowWork {
@@ -1409,9 +1418,19 @@ async fn settle_page(
         );
     }
 
+    let decided = Instant::now();
     if !opts.dry_run && !opts.stopping() {
         apply_marks(sweep, ready, &mut work, &mut run.report.errors).await;
+        let marked = Instant::now();
         requeue(cfg, conns, sweep, ready, &mut work, &mut run.report.errors).await;
+        tracing::debug!(
+            sweep = %sweep.name,
+            rows = work.len(),
+            lookup_and_plan_ms = (decided - started).as_secs_f64() * 1e3,
+            marks_ms = (marked - decided).as_secs_f64() * 1e3,
+            requeues_ms = marked.elapsed().as_secs_f64() * 1e3,
+            "page settled"
+        );
     }
     work
 }
