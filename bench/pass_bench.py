@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -135,7 +136,6 @@ class Run:
         self.prefix = f"pb_{self.id}"          # tables
         self.ns = f"sweeper_pb_{self.id}"      # Redis keys
         self.dir = Path(args.workdir) / self.prefix
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.children = []
         try:
             self.pg = psycopg2.connect(args.pg)
@@ -147,6 +147,7 @@ class Run:
             self.redis.ping()
         except Exception as e:
             raise BenchError(f"Redis at {args.redis}: {e}") from e
+        self.dir.mkdir(parents=True, exist_ok=True)
 
     def sql(self, query, params=None, fetch=False):
         with self.pg.cursor() as cur:
@@ -441,9 +442,66 @@ def free_port():
 
 # ---------------------------------------------------------------- measuring
 
+class OtherCpu:
+    """CPU time used by processes that are not part of the measurement (a build,
+    another benchmark): sampled from /proc every 0.25 s. The workload's own
+    processes (sweeper, Python, PostgreSQL, Redis, rg, redis-benchmark) are not
+    counted. A process first seen after the start counts from its birth."""
+
+    OURS = {"sweeper", "python3", "python", "postgres", "redis-server", "rg", "redis-benchmark"}
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.prev = None
+        self.total_ticks = 0
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while not self.stop.wait(0.25):
+            self.sample()
+
+    def sample(self):
+        now = {}
+        me = os.getpid()
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            comm = text[text.find("(") + 1:text.rfind(")")]
+            if comm in self.OURS:
+                continue
+            fields = text[text.rfind(")") + 2:].split()
+            now[(name, fields[19])] = int(fields[11]) + int(fields[12])  # key: pid + start time
+        with self.lock:
+            if self.prev is not None:
+                for k, ticks in now.items():
+                    self.total_ticks += max(0, ticks - self.prev.get(k, 0))
+            self.prev = now
+
+    def mark(self):
+        self.sample()
+        with self.lock:
+            return self.total_ticks
+
+    def since(self, mark):
+        self.sample()
+        with self.lock:
+            return (self.total_ticks - mark) / self.tick
+
+
+OTHERS = None
+
 class Result:
-    def __init__(self, cmd, rc, wall, rss_kib, timed_out=False):
+    def __init__(self, cmd, rc, wall, rss_kib, timed_out=False, other_cpu=0.0):
         self.cmd, self.rc, self.wall, self.rss_kib, self.timed_out = cmd, rc, wall, rss_kib, timed_out
+        self.other_cpu = other_cpu
 
     @property
     def rss_mib(self):
@@ -471,6 +529,7 @@ def reap(p, deadline):
 def measure(run, cmd, out_path, err_path, env=None, ok=(0, 1)):
     """Run cmd to completion: wall time and peak RSS (ru_maxrss of that child)."""
     log("run: " + " ".join(map(str, cmd)))
+    mark = OTHERS.mark()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.monotonic()
         p = run.spawn([str(c) for c in cmd], out, err, env)
@@ -482,7 +541,7 @@ def measure(run, cmd, out_path, err_path, env=None, ok=(0, 1)):
         log(f"  TIMEOUT after {wall:.0f} s")
     else:
         log(f"  exit {rc}, {wall:.3f} s, peak RSS {rss / 1024:.1f} MiB")
-    return Result(short(cmd), rc, wall, rss, timed_out)
+    return Result(short(cmd), rc, wall, rss, timed_out, OTHERS.since(mark))
 
 
 def short(cmd):
@@ -605,6 +664,7 @@ def storm(run, label, n, m, p, s, t0, results, setup):
     rows.append(("report", r))
     r = measure(run, [b, "once", "-c", cfg], run.dir / f"{label}-once.out", run.dir / f"{label}-once.err")
     rows.append(("once", r))
+    mark = OTHERS.mark()
     d = Daemon(run, cfg, run.dir / f"{label}-run.err", port)
     try:
         done = d.wait_passes(1, run.args.timeout)
@@ -615,7 +675,8 @@ def storm(run, label, n, m, p, s, t0, results, setup):
     log(f"  daemon: pass done={done}, sweeper_pass_duration_seconds_count={count}, exit {rc}, "
         f"peak RSS {(rss or 0) / 1024:.1f} MiB")
     rows.append((f"run (one pass, then SIGTERM; /metrics pass count {count if count is None else int(count)})",
-                 Result("RUST_LOG=sweeper=debug " + short(d.cmd), rc, wall, rss or 0, not done)))
+                 Result("RUST_LOG=sweeper=debug " + short(d.cmd), rc, wall, rss or 0, not done,
+                        OTHERS.since(mark))))
     results["storm"].append((label, n, shape.count(0, p), shape.count(p, p + s), rows, count))
     run.drop_tables(table, f"{table}_ledger")
     log_path.unlink(missing_ok=True)
@@ -660,7 +721,7 @@ def realistic(run, scale, t0, results, setup, baselines, idle):
            "log_lines": lines, "log_bytes": size}
 
     if baselines:
-        out["raw"] = raw_limits(run, copy, shape, log_path, n_pending, sending)
+        out["raw"], out["raw_other_cpu"] = raw_limits(run, copy, shape, log_path, n_pending, sending)
         run.sql(f'VACUUM ANALYZE "{copy}"')
 
     r = measure(run, [args.bin, "once", "-c", cfg], run.dir / f"real{scale}x-once.out",
@@ -696,6 +757,7 @@ def realistic(run, scale, t0, results, setup, baselines, idle):
 def raw_limits(run, table, shape, log_path, n_pending, sending):
     """The floor under one pass: each piece of its I/O done alone, as fast as a tool does it."""
     raw = []
+    mark = OTHERS.mark()
     # (i) the stuck-row select, fetched to the client.
     with run.pg.cursor() as cur:
         start = time.monotonic()
@@ -747,7 +809,8 @@ def raw_limits(run, table, shape, log_path, n_pending, sending):
     raw.append((f"(iv) rg -F -c -f <{len(sending):,} Message-IDs> LOG", f"{p.stdout.strip() or 0} lines", secs))
     for name, what, secs in raw:
         log(f"  raw {name}: {what} in {secs:.3f} s")
-    return raw
+    raw_other = OTHERS.since(mark)
+    return raw, raw_other
 
 
 def idle_daemon(run, table, log_path):
@@ -763,13 +826,14 @@ def idle_daemon(run, table, log_path):
             out["error"] = "no first pass"
             return out
         out["first_pass_s"] = time.monotonic() - d.started
-        c0, p0, t0 = d.cpu_seconds(), d.passes, time.monotonic()
+        c0, p0, t0, mark = d.cpu_seconds(), d.passes, time.monotonic(), OTHERS.mark()
         out["first_pass_cpu_s"] = c0
         d.wait_passes(p0 + want, max(120.0, want * 30.0))
         c1, p1, t1 = d.cpu_seconds(), d.passes, time.monotonic()
         out["passes"] = p1 - p0
         out["cpu_s"] = c1 - c0
         out["wall_s"] = t1 - t0
+        out["other_cpu"] = OTHERS.since(mark)
         out["pass_count_metric"] = d.metric("sweeper_pass_duration_seconds_count")
     finally:
         rc, rss = d.stop()
@@ -787,6 +851,13 @@ def fmt_s(x):
 
 def report(args, setup, results, env):
     targets = []
+    contended = []  # (what, other CPU s, wall s)
+
+    def note(what, other, wall):
+        if wall > 0 and other > 0.1 * wall:
+            contended.append((what, other, wall))
+        return f"{other:.1f}"
+
     p = print
     p("# sweeper whole-pass benchmark\n")
     p(f"- binary: `{args.bin}` ({env['version']}); PostgreSQL {env['pg']}; Redis {env['redis']}; {env['rg']}")
@@ -805,13 +876,13 @@ def report(args, setup, results, env):
         p("## Storm: peak RSS (ru_maxrss of the child)\n")
         p("limits: {max_actions: 1000}; `report` writes its JSON to /dev/null; the daemon (every: 1h) runs "
           "until its stderr shows the first \"pass done\", then gets SIGTERM.\n")
-        p("| table | stale pending | stale sending | command | peak RSS MiB | seconds | exit | limit MiB |")
-        p("|---|---:|---:|---|---:|---:|---|---:|")
+        p("| table | stale pending | stale sending | command | peak RSS MiB | seconds | exit | limit MiB | other CPU s |")
+        p("|---|---:|---:|---|---:|---:|---|---:|---:|")
         for label, n, np_, ns_, rows, _count in results["storm"]:
             limit = RSS_LIMIT_2M_MIB if n <= (200_000 if args.quick else 2_000_000) else RSS_LIMIT_5M_MIB
             for name, r in rows:
                 p(f"| {n:,} rows | {np_:,} | {ns_:,} | {name}: `{r.cmd}` | {r.rss_mib:.1f} | {fmt_s(r.wall)} | "
-                  f"{'timeout' if r.timed_out else r.rc} | {limit} |")
+                  f"{'timeout' if r.timed_out else r.rc} | {limit} | {note(f'storm {label} {name.split()[0]}', r.other_cpu, r.wall)} |")
                 ok = not r.timed_out and r.rss_mib <= limit
                 targets.append((f"storm-{label}-{name.split()[0]}-rss", ok, f"{r.rss_mib:.1f} MiB", f"{limit} MiB"))
         p("")
@@ -826,23 +897,24 @@ def report(args, setup, results, env):
           f"{o['log_lines']:,} lines ({o['log_bytes'] / 1e6:.0f} MB). limits: {{max_actions: 10000000, batch_size: 500}}.\n")
         a = o["after"]
         changed = a.get("sent", 0) + a.get("error", 0)
-        p("| command | seconds | peak RSS MiB | exit | Resque jobs (expected) | rows → sent (expected) | rows → error (expected) | changed |")
-        p("|---|---:|---:|---|---:|---:|---:|---:|")
+        p("| command | seconds | peak RSS MiB | exit | Resque jobs (expected) | rows → sent (expected) | rows → error (expected) | changed | other CPU s |")
+        p("|---|---:|---:|---|---:|---:|---:|---:|---:|")
         p(f"| `{r.cmd}` | {'timeout' if r.timed_out else fmt_s(r.wall)} | {r.rss_mib:.1f} | {r.rc} | "
           f"{o['jobs']:,} ({o['pending']:,}) | {a.get('sent', 0):,} ({o['expect']['sent']:,}) | "
-          f"{a.get('error', 0):,} ({o['expect']['bounced']:,}) | {changed:,} |\n")
+          f"{a.get('error', 0):,} ({o['expect']['bounced']:,}) | {changed:,} | "
+          f"{note(f'realistic {s}x once', r.other_cpu, r.wall)} |\n")
         if "per_row" in o:
             pr = o["per_row"]
             rep = o.get("per_row_report", {})
             pa = o["per_row_after"]
             speedup = pr.wall / r.wall if r.wall > 0 else float("inf")
             p(f"### Baseline: per-row script ({s}x)\n")
-            p("| command | seconds | select | log | apply | jobs | → sent | → error | sweeper speed-up |")
-            p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            p("| command | seconds | select | log | apply | jobs | → sent | → error | sweeper speed-up | other CPU s |")
+            p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             secs = rep.get("seconds", {})
             p(f"| `{pr.cmd}` | {fmt_s(pr.wall)} | {secs.get('select', '?')} | {secs.get('log', '?')} | "
               f"{secs.get('apply', '?')} | {o['per_row_jobs']:,} | {pa.get('sent', 0):,} | {pa.get('error', 0):,} | "
-              f"{speedup:.1f}× |\n")
+              f"{speedup:.1f}× | {note(f'per-row script {s}x', pr.other_cpu, pr.wall)} |\n")
             targets.append((f"per-row-speedup-{s}x", not r.timed_out and speedup >= PER_ROW_MIN_SPEEDUP,
                             f"{speedup:.1f}×", f"≥ {PER_ROW_MIN_SPEEDUP:.0f}×"))
         if "raw" in o:
@@ -856,6 +928,7 @@ def report(args, setup, results, env):
             ratio = r.wall / total if total > 0 else float("inf")
             p(f"| **sum** | | **{total:.3f}** |")
             p(f"| sweeper once / sum | | {ratio:.2f}× |\n")
+            p(f"other CPU during the raw limits: {note(f'raw limits {s}x', o['raw_other_cpu'], total)} s\n")
             targets.append((f"raw-limits-{s}x", not r.timed_out and ratio <= RAW_MAX_RATIO,
                             f"{ratio:.2f}× the sum ({fmt_s(r.wall)} s vs {total:.3f} s)", f"≤ {RAW_MAX_RATIO:.0f}×"))
         if "idle" in o:
@@ -863,10 +936,11 @@ def report(args, setup, results, env):
             p(f"## Idle daemon pass ({s}x data, after `once`)\n")
             if i.get("passes"):
                 per = i["cpu_s"] * 1000 / i["passes"]
-                p("| command | first pass s | first pass CPU s | passes sampled | CPU s | CPU ms / pass | wall s / pass | peak RSS MiB |")
-                p("|---|---:|---:|---:|---:|---:|---:|---:|")
+                p("| command | first pass s | first pass CPU s | passes sampled | CPU s | CPU ms / pass | wall s / pass | peak RSS MiB | other CPU s |")
+                p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
                 p(f"| `{i['cmd']}` | {i['first_pass_s']:.2f} | {i['first_pass_cpu_s']:.2f} | {i['passes']} | "
-                  f"{i['cpu_s']:.2f} | {per:.1f} | {i['wall_s'] / i['passes']:.2f} | {(i['rss_kib'] or 0) / 1024:.1f} |\n")
+                  f"{i['cpu_s']:.2f} | {per:.1f} | {i['wall_s'] / i['passes']:.2f} | {(i['rss_kib'] or 0) / 1024:.1f} | "
+                  f"{note('idle daemon', i['other_cpu'], i['wall_s'])} |\n")
                 targets.append(("idle-pass-cpu", per < IDLE_MAX_CPU_MS, f"{per:.1f} ms", f"< {IDLE_MAX_CPU_MS:.0f} ms"))
             else:
                 p(f"no idle pass measured: {i.get('error', 'no pass after the first')}\n")
@@ -885,6 +959,12 @@ def report(args, setup, results, env):
             limit = SCALE_MAX_RATIO * o["scale"] / 10
             targets.append((f"scale-{o['scale']}x", not o["once"].timed_out and ratio <= limit,
                             f"{ratio:.2f}", f"≤ {limit:g}"))
+    p("\"other CPU s\": CPU time used meanwhile by processes outside the benchmark (not sweeper, Python, "
+      "PostgreSQL, Redis, rg, redis-benchmark), e.g. a build.\n")
+    if contended:
+        p("**WARNING: the machine was busy during these measurements; their figures are not reliable "
+          "(rerun on an idle machine):** " + "; ".join(f"{w} ({o:.1f} CPU-s of others in {t:.1f} s)"
+                                                      for w, o, t in contended) + "\n")
     for name, ok, measured, limit in targets:
         print(f"TARGET {name}: {'PASS' if ok else 'FAIL'} ({measured} vs {limit})")
 
@@ -911,6 +991,8 @@ def main(argv=None):
     run = None
     try:
         ensure_tools(args)
+        global OTHERS
+        OTHERS = OtherCpu()
         run = Run(args)
         log(f"run {run.id}: tables {run.prefix}_*, Redis keys {run.ns}*, files in {run.dir}")
         env = versions(args, run)

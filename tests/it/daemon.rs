@@ -181,7 +181,7 @@ fn promtool_check_metrics(text: &str) {
         .stderr(Stdio::piped())
         .spawn();
     let mut child = child.unwrap_or_else(|e| {
-        panic!("promtool is required (apt-get install prometheus; .ci/run does): {e}")
+        panic!("promtool is required (run scripts/test, which installs it): {e}")
     });
     child
         .stdin

@@ -11,7 +11,7 @@ fn promtool(args: &[&str]) -> std::process::Output {
         .current_dir(root().join("config"))
         .output()
         .unwrap_or_else(|e| {
-            panic!("promtool is required (apt-get install prometheus; .ci/run does): {e}")
+            panic!("promtool is required (run scripts/test, which installs it): {e}")
         })
 }
 

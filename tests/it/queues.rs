@@ -50,7 +50,7 @@ fn sorted_args(jobs: &[Value]) -> Vec<String> {
 async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none() {
     assert!(
         Command::new("sidekiq").arg("--help").output().is_ok(),
-        "sidekiq is required (apt-get install ruby-sidekiq ruby-redis-namespace; .ci/run does)"
+        "sidekiq is required (run scripts/test, which installs ruby-sidekiq and ruby-redis-namespace)"
     );
     let dir = tempfile::tempdir().unwrap();
     let b = Backend::new(Ts::PgTz, dir.path()).await;
@@ -314,7 +314,9 @@ async fn amqp() -> lapin::Channel {
         lapin::ConnectionProperties::default(),
     )
     .await
-    .unwrap_or_else(|e| panic!("RabbitMQ is required on 127.0.0.1:5672 (.ci/run starts it): {e}"));
+    .unwrap_or_else(|e| {
+        panic!("RabbitMQ is required on 127.0.0.1:5672 (run scripts/test, which starts it): {e}")
+    });
     conn.create_channel().await.unwrap()
 }
 

@@ -47,7 +47,7 @@ pub async fn pg() -> sqlx::PgPool {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "Postgres is required at {url} (set SWEEPER_TEST_PG_URL; .ci/run starts it): {e}"
+                "Postgres is required at {url} (run scripts/test, which starts it; or set SWEEPER_TEST_PG_URL): {e}"
             )
         })
 }
@@ -58,7 +58,9 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
     client
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|e| panic!("Redis is required at {url} (.ci/run starts it): {e}"))
+        .unwrap_or_else(|e| {
+            panic!("Redis is required at {url} (run scripts/test, which starts it): {e}")
+        })
 }
 
 /// Delete every key under `prefix*`.
@@ -140,7 +142,7 @@ pub fn consumers_dir() -> PathBuf {
     let d = root().join("tests/consumers");
     assert!(
         d.join("node_modules/node-resque").exists(),
-        "node-resque is not installed: run `npm ci --prefix tests/consumers` (.ci/run does)"
+        "node-resque is not installed: run scripts/test, which installs it (npm ci --prefix tests/consumers)"
     );
     d
 }
