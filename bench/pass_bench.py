@@ -110,6 +110,11 @@ def ensure_tools(args):
         import redis  # noqa: F401
     except ImportError:
         sh([sys.executable, "-m", "pip", "install", "-q", "-r", str(ROOT / "bench/requirements.txt")])
+    if not os.access("/usr/bin/time", os.X_OK):
+        if os.geteuid() != 0:
+            raise BenchError("GNU time missing: apt-get install -y time (as root)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        sh(["apt-get", "install", "-y", "-qq", "time"], env=env)
     if not shutil.which("rg") or not shutil.which("redis-benchmark"):
         if os.geteuid() != 0:
             raise BenchError("rg or redis-benchmark missing: apt-get install -y ripgrep redis-tools (as root)")
@@ -509,7 +514,9 @@ class Result:
 
 
 def reap(p, deadline):
-    """wait4 the child until `deadline` (monotonic); kill it past that. Returns (rc, ru_maxrss KiB, timed_out)."""
+    """wait4 the child until `deadline` (monotonic); kill it past that. Returns
+    (rc, ru_maxrss KiB, timed_out); that ru_maxrss includes this Python
+    process's RSS at the fork, so callers measure peak RSS otherwise."""
     timed_out = False
     while True:
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
@@ -527,14 +534,23 @@ def reap(p, deadline):
 
 
 def measure(run, cmd, out_path, err_path, env=None, ok=(0, 1)):
-    """Run cmd to completion: wall time and peak RSS (ru_maxrss of that child)."""
+    """Run cmd to completion: wall time and peak RSS (GNU time's %M of that child)."""
     log("run: " + " ".join(map(str, cmd)))
     mark = OTHERS.mark()
+    # Peak RSS comes from GNU time's wait4 of its own child: the ru_maxrss
+    # this script would get from wait4 includes the RSS of this (large)
+    # Python process at the fork, which Linux carries across exec.
+    rss_file = Path(str(err_path) + ".maxrss")
+    timed = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] + [str(c) for c in cmd]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.monotonic()
-        p = run.spawn([str(c) for c in cmd], out, err, env)
-        rc, rss, timed_out = reap(p, start + run.args.timeout)
+        p = run.spawn(timed, out, err, env)
+        rc, _, timed_out = reap(p, start + run.args.timeout)
         wall = time.monotonic() - start
+    try:
+        rss = int(rss_file.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        rss = 0
     if not timed_out and rc not in ok:
         raise BenchError(f"{' '.join(map(str, cmd))} exited {rc}:\n{tail_of(err_path)}")
     if timed_out:
@@ -600,9 +616,22 @@ class Daemon:
         if pid == self.proc.pid:
             self.rc = os.waitstatus_to_exitcode(status)
             self.proc.returncode = self.rc
-            self.rss_kib = ru.ru_maxrss
             return False
+        self.hwm()
         return True
+
+    def hwm(self):
+        """The process's own peak RSS (VmHWM, KiB) so far. Not ru_maxrss from
+        wait4: Linux carries the RSS of this Python process at the fork into
+        the child's ru_maxrss across exec."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.rss_kib = max(self.rss_kib or 0, int(line.split()[1]))
+        except OSError:
+            pass
+        return self.rss_kib
 
     def wait_passes(self, n, timeout):
         """Wait until n "pass done" lines in all; returns False on timeout."""
@@ -633,11 +662,12 @@ class Daemon:
         return total
 
     def stop(self):
-        """SIGTERM, wait for exit; returns (rc, ru_maxrss KiB)."""
+        """SIGTERM, wait for exit; returns (rc, peak RSS KiB as VmHWM just before)."""
         if self.rc is None and self.alive():
+            self.hwm()
             self.proc.send_signal(signal.SIGTERM)
-            rc, rss, timed_out = reap(self.proc, time.monotonic() + 30)
-            self.rc, self.rss_kib = (rc if not timed_out else "killed"), rss
+            rc, _, timed_out = reap(self.proc, time.monotonic() + 30)
+            self.rc = rc if not timed_out else "killed"
         self.out.close()
         self.err.close()
         return self.rc, self.rss_kib
@@ -873,7 +903,7 @@ def report(args, setup, results, env):
     p(f"| **total setup** | **{fmt_s(sum(s for _, s in setup))}** |\n")
 
     if results["storm"]:
-        p("## Storm: peak RSS (ru_maxrss of the child)\n")
+        p("## Storm: peak RSS (GNU time's %M for `report`/`once`; the daemon's VmHWM just before SIGTERM)\n")
         p("limits: {max_actions: 1000}; `report` writes its JSON to /dev/null; the daemon (every: 1h) runs "
           "until its stderr shows the first \"pass done\", then gets SIGTERM.\n")
         p("| table | stale pending | stale sending | command | peak RSS MiB | seconds | exit | limit MiB | other CPU s |")
