@@ -970,34 +970,55 @@ impl Db {
     /// state in key order (keyset pages) with the timestamp in the index, so
     /// neither the pages nor the stale counts touch other states' rows.
     pub fn recommended_index(sweep: &SweepConfig, dialect: Dialect) -> String {
-        let name = format!("{}_sweeper_idx", sweep.table.name());
-        let cols = format!(
-            "{} ({}, {}, {})",
-            sweep.table.quoted(),
-            sweep.state_column.quoted(),
-            sweep.key.quoted(),
-            sweep.timestamp_column.quoted(),
-        );
-        match dialect {
-            Dialect::Postgres => {
-                let states = [
-                    &sweep.states.pending,
-                    &sweep.states.sending,
-                    &sweep.states.error,
-                ]
+        index_ddl(
+            &sweep.table,
+            &sweep.state_column,
+            &sweep.key,
+            &sweep.timestamp_column,
+            &[
+                sweep.states.pending.clone(),
+                sweep.states.sending.clone(),
+                sweep.states.error.clone(),
+            ],
+            dialect,
+        )
+    }
+}
+
+/// The index that keeps a sweep fast (see `Db::recommended_index`); in
+/// Postgres partial to `states` when any are given.
+pub fn index_ddl(
+    table: &Ident,
+    state: &Ident,
+    key: &Ident,
+    ts: &Ident,
+    states: &[StateValue],
+    dialect: Dialect,
+) -> String {
+    let name = format!("{}_sweeper_idx", table.name());
+    let cols = format!(
+        "{} ({}, {}, {})",
+        table.quoted(),
+        state.quoted(),
+        key.quoted(),
+        ts.quoted(),
+    );
+    match dialect {
+        Dialect::Postgres if !states.is_empty() => {
+            let states = states
                 .iter()
-                .map(|s| s.sql_literal())
+                .map(StateValue::sql_literal)
                 .collect::<Vec<_>>()
                 .join(", ");
-                format!(
-                    "CREATE INDEX CONCURRENTLY {name} ON {cols} WHERE {} IN ({states});",
-                    sweep.state_column.quoted()
-                )
-            }
-            // SQLite cannot prove `state = 'pending'` implies an IN-list
-            // partial index, so the index covers every state.
-            Dialect::Sqlite => format!("CREATE INDEX {name} ON {cols};"),
+            format!(
+                "CREATE INDEX CONCURRENTLY {name} ON {cols} WHERE {} IN ({states});",
+                state.quoted()
+            )
         }
+        Dialect::Postgres => format!("CREATE INDEX CONCURRENTLY {name} ON {cols};"),
+        // SQLite cannot prove `state = 'pending'` implies an IN-list
+        // partial index, so the index covers every state.
+        Dialect::Sqlite => format!("CREATE INDEX {name} ON {cols};"),
     }
 }
 

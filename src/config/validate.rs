@@ -84,6 +84,7 @@ pub fn validate(
     let mut p = Problems::default();
     let mut interp = Vec::new();
     yaml::interpolate(&mut root, "", env, &mut interp);
+    yaml::todos(&root, "", &mut interp);
     for (path, msg) in interp {
         p.push(path, msg);
     }

@@ -134,6 +134,42 @@ pub fn interpolate(
     }
 }
 
+/// Every string value below `node` that is still a `TODO` placeholder
+/// (`sweeper init` writes them where it could not decide): `(path, message)`.
+pub fn todos(node: &Node, path: &str, out: &mut Vec<(String, String)>) {
+    match node {
+        Node::String(s) if s.trim() == "TODO" || s.trim_start().starts_with("TODO:") => out.push((
+            path.to_string(),
+            "still a TODO (left by `sweeper init`): fill in the value".to_string(),
+        )),
+        Node::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                todos(item, &join(path, &format!("[{i}]")), out);
+            }
+        }
+        Node::Mapping(map) => {
+            for (k, v) in map {
+                let key = match k {
+                    Node::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                };
+                if key == "TODO" {
+                    out.push((
+                        join(path, &key),
+                        "still a TODO (left by `sweeper init`): name it".to_string(),
+                    ));
+                }
+                todos(v, &join(path, &key), out);
+            }
+        }
+        Node::Tagged(t) => todos(&t.value, path, out),
+        Node::String(_) | Node::Null | Node::Bool(_) | Node::Number(_) => {}
+    }
+}
+
 /// Expand one string; `Ok(None)` when it has no `$`.
 pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
     if !s.contains('$') {

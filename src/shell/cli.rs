@@ -131,6 +131,25 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Propose sweeps from an app's schema (read only): a commented YAML draft on stdout.
+    #[command(
+        after_help = "Looks for tables with a column whose values read as a job state \
+                            (pending/queued, sending/processing, sent/delivered, error/failed; or a \
+                            state-named integer column, a Rails or Laravel enum), the timestamp that \
+                            moves with it, the key and a Message-ID column; prints a draft with a short \
+                            report (rows and oldest age per state, the index each sweep needs and \
+                            whether it exists). What it cannot decide is left as TODO, which \
+                            `sweeper check` refuses until filled in.\n\nExample: sweeper init -d \
+                            postgres://app@db/app > sweeper.yaml"
+    )]
+    Init {
+        /// The app's database: postgres://… or sqlite:…
+        #[arg(short = 'd', long = "database-url", env = "DATABASE_URL")]
+        url: String,
+        /// Only this table (repeatable; schema.table for other schemas).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
     /// Create sweeper's ledger table in every configured database.
     Migrate {
         #[command(flatten)]
@@ -146,6 +165,7 @@ pub fn main() -> ExitCode {
         Command::Report { .. }
             | Command::Check { .. }
             | Command::Demo { .. }
+            | Command::Init { .. }
             | Command::Explain { .. }
     );
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
@@ -196,6 +216,7 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, u8> {
 async fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Demo { dir } => super::demo::run(dir).await,
+        Command::Init { url, tables } => super::init::run(&url, &tables).await,
         Command::Run {
             config,
             shutdown_timeout,

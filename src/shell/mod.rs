@@ -1,5 +1,5 @@
 //! The imperative shell: the pass (`pass`), the CLI (`cli`), the daemon
-//! (`daemon`, `schedule`, `metrics`), `check`, `explain` and `demo`. It wires config, adapters and the pure core together; it
+//! (`daemon`, `schedule`, `metrics`), `check`, `explain`, `demo` and `init`. It wires config, adapters and the pure core together; it
 //! decides nothing itself.
 
 pub mod check;
@@ -7,6 +7,7 @@ pub mod cli;
 pub mod daemon;
 pub mod demo;
 pub mod explain;
+pub mod init;
 pub mod metrics;
 pub mod pass;
 pub mod schedule;

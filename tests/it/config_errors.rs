@@ -44,6 +44,7 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
+    Case { name: "a TODO left from sweeper init", edit: ("class: NotifyUser", "class: TODO"), path: "sweeps.comments.pending.job.class", line_of: "class: TODO", says: "still a TODO (left by `sweeper init`)" },
     Case { name: "unknown top-level key", edit: ("queues:\n", "queuess:\n"), path: "queuess", line_of: "queuess:", says: "unknown field `queuess`" },
     Case { name: "unknown sweep key", edit: ("    key: id\n", "    key: id\n    tabel: x\n"), path: "sweeps.comments.tabel", line_of: "tabel:", says: "unknown field `tabel`" },
     Case { name: "bad duration", edit: ("after: 10m", "after: 10 mins later"), path: "sweeps.comments.pending.after", line_of: "after: 10 mins later", says: "invalid duration \"10 mins later\"" },

@@ -5,6 +5,7 @@
 mod config_errors;
 mod daemon;
 mod evidence_fixtures;
+mod init;
 mod ops;
 mod providers;
 mod queues;
