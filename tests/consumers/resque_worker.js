@@ -8,11 +8,14 @@
 // Usage:
 //   node resque_worker.js --queues q1[,q2] --classes A,B --out FILE
 //        (--expect N | --idle-ms MS) [--redis-url URL] [--namespace NS]
-//        [--poll-ms MS] [--timeout-ms MS] [--work-ms MS]
+//        [--poll-ms MS] [--timeout-ms MS] [--work-ms MS] [--hold-until FILE]
 //
 // --poll-ms is node-resque's `timeout`: the sleep after finding all queues empty
 // (also its ping interval). --work-ms makes each job take that long, so a test
 // can observe the worker's working_on key while a job is in flight.
+// --hold-until FILE keeps each job in flight until FILE exists: a test that
+// must see a running job releases it when it is done looking, however slow
+// the machine.
 //
 // Exit codes: 0 done, all jobs succeeded; 1 bad usage; 2 Redis unreachable or
 // a Redis error; 3 done, but at least one job failed (e.g. unknown class);
@@ -27,7 +30,7 @@ const { Worker } = require("node-resque");
 const USAGE =
   "usage: resque_worker.js --queues Q[,Q..] --classes C[,C..] --out FILE " +
   "(--expect N | --idle-ms MS) [--redis-url URL] [--namespace NS] " +
-  "[--poll-ms MS] [--timeout-ms MS] [--work-ms MS]";
+  "[--poll-ms MS] [--timeout-ms MS] [--work-ms MS] [--hold-until FILE]";
 
 function die(code, msg) {
   console.error(`resque_worker: ${msg}`);
@@ -59,6 +62,7 @@ try {
       "poll-ms": { type: "string" },
       "timeout-ms": { type: "string" },
       "work-ms": { type: "string" },
+      "hold-until": { type: "string" },
     },
   }).values;
 } catch (e) {
@@ -93,7 +97,17 @@ async function main() {
   }
 
   const jobs = {};
-  const perform = () => new Promise((resolve) => setTimeout(resolve, workMs, true));
+  const holdUntil = opts["hold-until"];
+  const released = () =>
+    new Promise((resolve) => {
+      const check = () => (fs.existsSync(holdUntil) ? resolve() : setTimeout(check, 50));
+      check();
+    });
+  const perform = async () => {
+    await new Promise((resolve) => setTimeout(resolve, workMs));
+    if (holdUntil) await released();
+    return true;
+  };
   for (const name of classes) jobs[name] = { perform };
 
   const worker = new Worker(

@@ -129,15 +129,14 @@ impl Drop for Daemon {
 }
 
 fn spawn(cfg: &Path, initial_delay: &str) -> Daemon {
+    spawn_with(cfg, &["--initial-delay", initial_delay])
+}
+
+fn spawn_with(cfg: &Path, args: &[&str]) -> Daemon {
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = sweeper()
-        .args([
-            "run",
-            "-c",
-            cfg.to_str().unwrap(),
-            "--initial-delay",
-            initial_delay,
-        ])
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .args(args)
         .env("RUST_LOG", "sweeper=info")
         .stdout(Stdio::null())
         .stderr(Stdio::from(log.reopen().unwrap()))
@@ -232,8 +231,10 @@ async fn run_exports_true_counts_reloads_and_stops_cleanly() {
     let (truth_pending, truth_sending) = true_stuck(&b).await;
     assert_eq!((truth_pending, truth_sending), (3, 3));
 
-    let child = spawn(&cfg, "3s");
-    wait_for("/healthz", Duration::from_secs(15), || {
+    // Before any pass — a daemon whose first pass is an hour away, so
+    // reading /metrics in time does not depend on the machine's speed.
+    let waiting = spawn(&cfg, "1h");
+    wait_for("/healthz", Duration::from_secs(60), || {
         get(port, "/healthz").filter(|(c, _)| *c == 200)
     });
     let (code, body) = wait_for("/readyz", Duration::from_secs(10), || {
@@ -271,6 +272,15 @@ async fn run_exports_true_counts_reloads_and_stops_cleanly() {
         metric(&before, "sweeper_build_info{version=\"0.1.0\"}"),
         1.0
     );
+    signal(&waiting, "TERM");
+    let (code, _, err) = wait_exit(waiting, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+
+    // The daemon that runs the pass.
+    let child = spawn(&cfg, "0s");
+    wait_for("/healthz", Duration::from_secs(60), || {
+        get(port, "/healthz").filter(|(c, _)| *c == 200)
+    });
 
     // After the pass.
     let after = wait_for("a successful pass", Duration::from_secs(20), || {
@@ -423,19 +433,29 @@ async fn sigterm_mid_pass_leaves_nothing_half_applied() {
         1,
     );
     let cfg = write(dir.path(), "run.yaml", &text);
-    let child = spawn(&cfg, "0s");
+    // A shutdown deadline far beyond what finishing one batch takes, even
+    // on a loaded machine: the test is that SIGTERM stops the pass at a
+    // batch boundary, not how fast the machine is.
+    let child = spawn_with(
+        &cfg,
+        &["--initial-delay", "0s", "--shutdown-timeout", "60s"],
+    );
     let key = format!("{ns}:queue:notify");
-    wait_for("the pass to start pushing", Duration::from_secs(30), || {
-        let n: i64 = redis::cmd("LLEN")
-            .arg(&key)
-            .query(&mut redis::Client::open(redis_url().as_str()).unwrap())
-            .ok()?;
-        (n > 0).then_some(())
-    });
+    wait_for(
+        "the pass to start pushing",
+        Duration::from_secs(120),
+        || {
+            let n: i64 = redis::cmd("LLEN")
+                .arg(&key)
+                .query(&mut redis::Client::open(redis_url().as_str()).unwrap())
+                .ok()?;
+            (n > 0).then_some(())
+        },
+    );
     signal(&child, "TERM");
-    let (code, secs, err) = wait_exit(child, Duration::from_secs(12));
-    assert_eq!(code, Some(0), "{err}");
-    assert!(secs < 10.0, "took {secs}s:\n{err}");
+    let (code, secs, err) = wait_exit(child, Duration::from_secs(90));
+    assert_eq!(code, Some(0), "exited before its deadline: {err}");
+    assert!(secs < 60.0, "took {secs}s:\n{err}");
     let pushed: i64 = redis::cmd("LLEN")
         .arg(&key)
         .query_async(&mut r)

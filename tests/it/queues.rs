@@ -93,16 +93,18 @@ async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none() {
 
     // A real Sidekiq (Debian's ruby-sidekiq) performs them.
     let out = dir.path().join("sidekiq.jsonl");
-    let mut sk = Command::new("sidekiq")
-        .args(["-r", "./worker.rb", "-q", "notify", "-c", "2", "-t", "1"])
-        .current_dir(root().join("tests/consumers/sidekiq"))
-        .env("REDIS_URL", redis_url())
-        .env("SIDEKIQ_NAMESPACE", &ns)
-        .env("SIDEKIQ_OUT", &out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sidekiq starts");
+    let mut sk = Guarded(
+        Command::new("sidekiq")
+            .args(["-r", "./worker.rb", "-q", "notify", "-c", "2", "-t", "1"])
+            .current_dir(root().join("tests/consumers/sidekiq"))
+            .env("REDIS_URL", redis_url())
+            .env("SIDEKIQ_NAMESPACE", &ns)
+            .env("SIDEKIQ_OUT", &out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sidekiq starts"),
+    );
     let jobs = wait_until("sidekiq to perform 3 jobs", Duration::from_secs(40), || {
         let j = read_jsonl(&out);
         (j.len() >= 3).then_some(j)
@@ -172,12 +174,14 @@ async fn resque_presence_holds_queued_and_running_jobs_then_requeues() {
         stdout(&o)
     );
 
-    // A worker takes one job and works on it slowly: that one is running.
+    // A worker takes one job and holds it until released: that one is
+    // running, however long the pass below takes.
+    let release = dir.path().join("release");
     let (mut worker, out) = resque_spawn(
         &ns,
         "notify",
         &["NotifyUser"],
-        &["--work-ms", "4000", "--expect", "3"],
+        &["--hold-until", release.to_str().unwrap(), "--expect", "3"],
     );
     wait_until("a job in flight", Duration::from_secs(15), || {
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -201,6 +205,7 @@ async fn resque_presence_holds_queued_and_running_jobs_then_requeues() {
         json!({}),
         "nothing pushed while queued or running"
     );
+    std::fs::write(&release, "").unwrap();
     let status = worker.wait().unwrap();
     assert!(status.success());
     assert_eq!(read_jsonl(out.path()).len(), 3);

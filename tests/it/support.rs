@@ -220,14 +220,41 @@ pub fn keys_with(sweep: &serde_json::Value, decision: &str) -> Vec<String> {
     v
 }
 
+/// A child process killed when the guard drops, so a failing test leaves
+/// nothing running.
+pub struct Guarded(pub std::process::Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 /// Start a node-resque worker in the background; `extra` adds arguments
-/// (e.g. `--work-ms`). Its output file is returned with the child.
+/// (e.g. `--work-ms`, `--hold-until`). Its output file is returned with the
+/// child, which is killed if the test ends first.
 pub fn resque_spawn(
     namespace: &str,
     queue: &str,
     classes: &[&str],
     extra: &[&str],
-) -> (std::process::Child, tempfile::NamedTempFile) {
+) -> (Guarded, tempfile::NamedTempFile) {
     let dir = consumers_dir();
     let out = tempfile::NamedTempFile::new().unwrap();
     let child = Command::new("node")
@@ -253,7 +280,7 @@ pub fn resque_spawn(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("node runs");
-    (child, out)
+    (Guarded(child), out)
 }
 
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
