@@ -55,11 +55,20 @@ pub struct ProviderEvent {
 /// time order per recipient; a final outcome is never replaced by a later
 /// temporary one (providers deliver events out of order). `refs` receives
 /// each event's reference; its index is the event's `LineRef.line`.
+///
+/// Every recipient any event names — accepted or processed with no outcome
+/// yet included — counts towards the message's recipients: a message is
+/// delivered only when each of them has a final outcome. Recipients compare
+/// without case (providers echo addresses as they were given).
 pub fn record(store: &mut TraceStore, events: &mut [ProviderEvent], refs: &mut Vec<String>) {
     events.sort_by_key(|e| e.at);
     let mut by_key: HashMap<String, usize> = HashMap::new();
     for (id, m) in store.messages() {
         by_key.insert(m.key.clone(), id);
+    }
+    let mut named: HashMap<usize, std::collections::BTreeSet<String>> = HashMap::new();
+    for e in events.iter_mut() {
+        e.recipient = e.recipient.to_ascii_lowercase();
     }
     for e in events.iter() {
         let idx = match by_key.get(&e.key) {
@@ -76,6 +85,9 @@ pub fn record(store: &mut TraceStore, events: &mut [ProviderEvent], refs: &mut V
         };
         refs.push(e.reference.clone());
         store.touch(idx, at, e.detail.as_bytes());
+        if e.recipient != "*" && !e.recipient.is_empty() {
+            named.entry(idx).or_default().insert(e.recipient.clone());
+        }
         let Some(status) = e.kind.status() else {
             continue;
         };
@@ -93,6 +105,12 @@ pub fn record(store: &mut TraceStore, events: &mut [ProviderEvent], refs: &mut V
             continue;
         }
         m.record(&e.recipient, status, e.detail.clone(), at);
+    }
+    for (idx, rcpts) in named {
+        if let Some(m) = store.get_mut(idx) {
+            let known = m.expected_recipients.unwrap_or(0).max(rcpts.len());
+            m.expected_recipients = Some(known);
+        }
     }
 }
 
@@ -233,17 +251,40 @@ pub fn postmark_details(v: &Value, key: &str) -> (Vec<ProviderEvent>, Vec<Bounce
     let mut events = Vec::new();
     let mut bounces = Vec::new();
     let status = v.get("Status").and_then(Value::as_str).unwrap_or("?");
-    events.push(ProviderEvent {
-        key: key.to_string(),
-        recipient: "*".into(),
-        kind: EventKind::Accepted,
-        at: v
-            .get("ReceivedAt")
-            .and_then(Value::as_str)
-            .and_then(parse_instant),
-        reference: format!("postmark message {key}"),
-        detail: format!("Status={status}"),
-    });
+    // Every recipient the message was sent to (`Recipients`: To, Cc and
+    // Bcc), each accepted until its own event says otherwise.
+    let mut recipients: Vec<String> = v
+        .get("Recipients")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_string))
+        .collect();
+    if recipients.is_empty() {
+        recipients = ["To", "Cc", "Bcc"]
+            .iter()
+            .filter_map(|f| v.get(*f).and_then(Value::as_array))
+            .flatten()
+            .filter_map(|r| r.get("Email").and_then(Value::as_str).map(str::to_string))
+            .collect();
+    }
+    if recipients.is_empty() {
+        recipients.push("*".into());
+    }
+    let received = v
+        .get("ReceivedAt")
+        .and_then(Value::as_str)
+        .and_then(parse_instant);
+    for rcpt in recipients {
+        events.push(ProviderEvent {
+            key: key.to_string(),
+            recipient: rcpt,
+            kind: EventKind::Accepted,
+            at: received,
+            reference: format!("postmark message {key}"),
+            detail: format!("Status={status}"),
+        });
+    }
     for e in v
         .get("MessageEvents")
         .and_then(Value::as_array)
@@ -509,5 +550,117 @@ mod tests {
             [EventKind::Deferred, EventKind::Bounced]
         );
         assert!(generic(&json!({"x": 1}), "k", Some("/events"), "/s", None, &map).is_err());
+    }
+
+    #[test]
+    fn a_recipient_without_an_outcome_keeps_the_message_in_flight() {
+        use EventKind::*;
+        let queued = Verdict::InFlight {
+            reason: InFlightReason::Queued,
+        };
+        let table: Vec<(Vec<ProviderEvent>, Verdict)> = vec![
+            // One delivered, the other only accepted: not sent yet.
+            (
+                vec![ev("k", "a@x", Delivered, 3), ev("k", "b@x", Accepted, 1)],
+                queued.clone(),
+            ),
+            // Each has its outcome: delivered.
+            (
+                vec![
+                    ev("k", "a@x", Accepted, 0),
+                    ev("k", "b@x", Accepted, 0),
+                    ev("k", "A@X", Delivered, 3),
+                    ev("k", "b@x", Delivered, 4),
+                ],
+                Verdict::Delivered,
+            ),
+            // One bounced, the other still accepted: not settled either.
+            (
+                vec![ev("k", "a@x", Bounced, 3), ev("k", "b@x", Accepted, 1)],
+                queued,
+            ),
+        ];
+        for (mut events, want) in table {
+            let mut store = TraceStore::new(false);
+            let mut refs = Vec::new();
+            record(&mut store, &mut events, &mut refs);
+            assert_eq!(store.verdict("k", None).verdict, want, "{events:?}");
+        }
+    }
+
+    /// SendGrid's Email Activity list (GET /v3/messages) as documented: one
+    /// entry per recipient, `msg_id` = the X-Message-Id plus a filter suffix.
+    #[test]
+    fn sendgrid_two_recipients_one_still_processed_is_not_sent() {
+        let doc = json!({"messages": [
+            {"from_email": "noreply@app.example.test", "msg_id": "abc123.filterdrecv-1.1.0",
+             "subject": "Receipt", "to_email": "a@dest.example.test", "status": "delivered",
+             "opens_count": 0, "clicks_count": 0, "last_event_time": "2024-05-14T10:00:05Z"},
+            {"from_email": "noreply@app.example.test", "msg_id": "abc123.filterdrecv-1.2.0",
+             "subject": "Receipt", "to_email": "b@dest.example.test", "status": "processed",
+             "opens_count": 0, "clicks_count": 0, "last_event_time": "2024-05-14T10:00:01Z"}
+        ]});
+        let mut events = sendgrid_messages(&doc, &["abc123".to_string()]).unwrap();
+        assert_eq!(events.len(), 2);
+        let mut store = TraceStore::new(false);
+        record(&mut store, &mut events, &mut Vec::new());
+        let v = store.verdict("abc123", None);
+        assert_eq!(
+            v.verdict,
+            Verdict::InFlight {
+                reason: InFlightReason::Queued
+            },
+            "{}",
+            v.detail
+        );
+        assert!(
+            v.detail.contains("1 of 2 recipients not logged"),
+            "{}",
+            v.detail
+        );
+    }
+
+    /// Postmark's message details (GET /messages/outbound/{id}/details) as
+    /// documented: `Recipients` lists everyone; `MessageEvents` has a
+    /// `Delivered` for one of them only.
+    #[test]
+    fn postmark_two_recipients_one_delivered_is_not_sent() {
+        let details = |events: Value| {
+            json!({
+                "MessageID": "07311c54-0687-4ab9-b034-b54b5bad88ba",
+                "To": [{"Email": "a@dest.example.test", "Name": ""}, {"Email": "b@dest.example.test", "Name": ""}],
+                "Cc": [], "Bcc": [],
+                "Recipients": ["a@dest.example.test", "b@dest.example.test"],
+                "ReceivedAt": "2024-05-14T06:00:00.1234567-04:00",
+                "Status": "Sent",
+                "MessageEvents": events
+            })
+        };
+        let delivered = |rcpt: &str, t: &str| {
+            json!({"Recipient": rcpt, "Type": "Delivered", "ReceivedAt": t,
+                   "Details": {"DeliveryMessage": "250 OK", "DestinationServer": "mx", "DestinationIP": "192.0.2.1"}})
+        };
+        let key = "07311c54-0687-4ab9-b034-b54b5bad88ba";
+        let one = details(json!([delivered(
+            "a@dest.example.test",
+            "2024-05-14T06:00:05-04:00"
+        )]));
+        let (mut events, _) = postmark_details(&one, key);
+        let mut store = TraceStore::new(false);
+        record(&mut store, &mut events, &mut Vec::new());
+        assert_eq!(
+            store.verdict(key, None).verdict,
+            Verdict::InFlight {
+                reason: InFlightReason::Queued
+            }
+        );
+        let both = details(json!([
+            delivered("a@dest.example.test", "2024-05-14T06:00:05-04:00"),
+            delivered("b@dest.example.test", "2024-05-14T06:00:06-04:00")
+        ]));
+        let (mut events, _) = postmark_details(&both, key);
+        let mut store = TraceStore::new(false);
+        record(&mut store, &mut events, &mut Vec::new());
+        assert_eq!(store.verdict(key, None).verdict, Verdict::Delivered);
     }
 }
