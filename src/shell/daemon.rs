@@ -176,11 +176,17 @@ fn observe(state: &AppState, cfg: &Config, result: &PassResult) {
             let Some(sweep) = cfg.sweep(&s.name) else {
                 continue;
             };
+            // Say what is wrong — a missing table or column reads as
+            // such, not as an unreachable database.
+            let prefix = format!("database {}: ", sweep.database);
             let fetch_err = s
                 .errors
                 .iter()
                 .find(|e| e.stage == crate::core::model::Stage::Fetch)
-                .map(|e| e.message.clone());
+                .map(|e| {
+                    let what = e.message.strip_prefix(&prefix).unwrap_or(&e.message);
+                    format!("sweep {}: {what}", s.name)
+                });
             ready.databases.insert(sweep.database.clone(), fetch_err);
         }
     }

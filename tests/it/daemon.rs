@@ -554,3 +554,34 @@ async fn a_daemon_at_rest_rereads_nothing_until_a_log_line_arrives() {
     redis_clear(&mut r, &ns).await;
     b.cleanup().await;
 }
+
+#[tokio::test]
+async fn readyz_says_which_table_or_column_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ns = unique("resque_ready");
+    let base = config(&b, dir.path(), &ns, 5);
+    let port = free_port();
+    let text = daemon_config(&base, port, "1h", "").replacen(
+        &format!("table: {}", b.table),
+        "table: no_such_table_here",
+        1,
+    );
+    let cfg = write(dir.path(), "run.yaml", &text);
+    let d = spawn(&cfg, "0s");
+    let (code, body) = wait_for(
+        "/readyz to report the pass",
+        Duration::from_secs(60),
+        || get(port, "/readyz").filter(|(_, body)| body.contains("sweep notifications")),
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("database app: sweep notifications: table no_such_table_here not found"),
+        "{body}"
+    );
+    assert!(!body.contains("unreachable"), "{body}");
+    signal(&d, "TERM");
+    let (code, _, err) = wait_exit(d, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    b.cleanup().await;
+}
