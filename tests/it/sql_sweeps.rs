@@ -318,6 +318,7 @@ async fn requeues_exactly_the_stale_pending_rows(ts: Ts) {
         .filter(|r| r["state"] == "pending")
         .map(|r| &r["reason"])
         .collect();
+    assert_eq!(reasons.len(), 3, "rows 2, 3 and 10 are still pending");
     assert!(
         reasons.iter().all(|r| *r == "recently_requeued"),
         "{reasons:?}"
