@@ -585,3 +585,129 @@ async fn readyz_says_which_table_or_column_is_missing() {
     assert_eq!(code, Some(0), "{err}");
     b.cleanup().await;
 }
+
+/// A pass that cannot finish its batch (a row lock held by the app) is
+/// abandoned at the shutdown deadline, and the exit status says so.
+#[tokio::test]
+async fn a_pass_still_running_at_the_shutdown_deadline_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ns = unique("resque_deadline");
+    let base = config(&b, dir.path(), &ns, 5);
+    let port = free_port();
+    let cfg = write(
+        dir.path(),
+        "run.yaml",
+        &daemon_config(&base, port, "1h", ""),
+    );
+    let pool = pg().await;
+    // The app holds row 5 (delivered per the log): the guarded update that
+    // would mark it sent waits for the lock.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SELECT id FROM {} WHERE id = 5 FOR UPDATE",
+        b.table
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let d = spawn_with(&cfg, &["--initial-delay", "0s", "--shutdown-timeout", "2s"]);
+    let table = b.table.clone();
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE 'UPDATE %{table}%'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query(&waiting).fetch_one(&pool).await.unwrap().get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pass never reached {table}'s locked row"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&d, "TERM");
+    let (code, _, err) = wait_exit(d, Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("shutdown deadline passed"), "{err}");
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        b.state(5).await,
+        "sending",
+        "the abandoned update rolled back"
+    );
+    b.cleanup().await;
+}
+
+/// ARCHITECTURE invariant 4: metric labels are config names and enum values
+/// only — never a row key, a file name or an error's text, even when a
+/// source fails and rows are acted on.
+#[tokio::test]
+async fn metric_labels_carry_no_keys_and_no_error_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ns = unique("resque_labels");
+    let base = config(&b, dir.path(), &ns, 5);
+    let port = free_port();
+    let log = dir.path().join("mail.log");
+    let missing = dir.path().join("gone-mail.log");
+    let text = daemon_config(&base, port, "1h", "").replace(
+        &format!("paths: [\"{}\"]", log.display()),
+        &format!("paths: [\"{}\"]", missing.display()),
+    );
+    assert!(text.contains("gone-mail.log"), "{text}");
+    let cfg = write(dir.path(), "run.yaml", &text);
+    let d = spawn(&cfg, "0s");
+    let m = wait_for("a pass", Duration::from_secs(60), || {
+        let (_, t) = get(port, "/metrics")?;
+        t.contains("sweeper_pass_duration_seconds_count{sweep=\"notifications\"} 1")
+            .then_some(t)
+    });
+    // The pass met an error and requeued rows 2, 3 and 10.
+    let parsed = parse_metrics(&m);
+    assert_eq!(
+        metric(
+            &parsed,
+            "sweeper_errors_total{sweep=\"notifications\",stage=\"evidence\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &parsed,
+            "sweeper_actions_total{sweep=\"notifications\",action=\"requeue\"}"
+        ),
+        3.0
+    );
+    let names = ["notifications", "postfix", "resque", "app"];
+    let mut labels = 0;
+    for line in m.lines().filter(|l| !l.starts_with('#')) {
+        let Some((_, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let inner = rest.rsplit_once('}').map(|(a, _)| a).unwrap_or_default();
+        for pair in inner.split(',') {
+            let (k, v) = pair.split_once('=').unwrap();
+            let v = v.trim_matches('"');
+            labels += 1;
+            let enum_like = !v.is_empty()
+                && v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+                || (k == "version" && v == env!("CARGO_PKG_VERSION"))
+                || (k == "le");
+            assert!(
+                enum_like || names.contains(&v),
+                "label {k}={v:?} is neither a config name nor an enum value: {line}"
+            );
+            assert!(!v.contains("gone-mail") && !v.contains(' '), "{line}");
+        }
+    }
+    assert!(labels > 50, "{labels} labels checked");
+    signal(&d, "TERM");
+    let (code, _, err) = wait_exit(d, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    b.cleanup().await;
+}

@@ -130,3 +130,67 @@ fn the_kubernetes_example_config_is_valid() {
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
     assert!(unit.contains("RestartPreventExitStatus=78"));
 }
+
+/// ARCHITECTURE invariant 1: the core does no I/O and reads no clock —
+/// nothing under src/core reaches for the file system, the network, the
+/// environment, processes, async runtimes, database or HTTP clients, or the
+/// time of day.
+#[test]
+fn the_core_does_no_io_and_reads_no_clock() {
+    let forbidden = [
+        "std::fs",
+        "std::net",
+        "std::env",
+        "std::process",
+        "std::thread",
+        "tokio",
+        "sqlx",
+        "reqwest",
+        "redis::",
+        "lapin",
+        "axum",
+        "Utc::now",
+        "Local::now",
+        "SystemTime",
+        "Instant::now",
+        "std::io::stdin",
+        "std::io::stdout",
+        "std::io::stderr",
+    ];
+    let mut found = Vec::new();
+    let mut files = 0;
+    let mut stack = vec![root().join("src/core")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+                continue;
+            }
+            files += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                for f in forbidden {
+                    if code.contains(f) {
+                        found.push(format!(
+                            "{}:{}: {f}: {}",
+                            path.display(),
+                            n + 1,
+                            line.trim()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(files >= 10, "scanned {files} files under src/core");
+    assert!(
+        found.is_empty(),
+        "I/O or a clock in the core:\n{}",
+        found.join("\n")
+    );
+}
