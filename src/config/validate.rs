@@ -28,19 +28,28 @@ impl Problems {
     }
 
     /// Decode `node` at `path`, recording a failure.
-    fn decode<T: DeserializeOwned>(&mut self, node: Node, path: &str) -> Option<T> {
-        match yaml::decode::<T>(node) {
-            Ok(v) => Some(v),
-            Err((rel, msg)) => {
-                let p = if rel.is_empty() {
-                    path.to_string()
-                } else {
-                    yaml::join(path, &rel)
-                };
-                self.push(p, msg);
-                None
+    /// Decode `node`; an unknown key is reported (with the nearest known
+    /// key when one is close) and dropped, and decoding goes on, so one
+    /// misspelling does not hide every other problem of the file.
+    fn decode<T: DeserializeOwned>(&mut self, mut node: Node, path: &str) -> Option<T> {
+        for _ in 0..256 {
+            match yaml::decode::<T>(node.clone()) {
+                Ok(v) => return Some(v),
+                Err((rel, msg)) => {
+                    let p = if rel.is_empty() {
+                        path.to_string()
+                    } else {
+                        yaml::join(path, &rel)
+                    };
+                    let unknown = yaml::unknown_field(&msg).is_some();
+                    self.push(p, yaml::suggest(&msg));
+                    if !(unknown && yaml::remove_at(&mut node, &rel)) {
+                        return None;
+                    }
+                }
             }
         }
+        None
     }
 
     /// Record the error of `r` at `path`, keeping the value.

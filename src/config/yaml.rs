@@ -64,9 +64,90 @@ pub fn decode<T: DeserializeOwned>(node: Node) -> Result<T, (String, String)> {
     })
 }
 
-fn unknown_field(msg: &str) -> Option<&str> {
+pub fn unknown_field(msg: &str) -> Option<&str> {
     let rest = msg.strip_prefix("unknown field `")?;
     Some(&rest[..rest.find('`')?])
+}
+
+/// A serde message about an unknown field, with the nearest expected field
+/// named when one is a likely misspelling; other messages unchanged.
+pub fn suggest(msg: &str) -> String {
+    let Some(field) = unknown_field(msg) else {
+        return msg.to_string();
+    };
+    let Some((_, expected)) = msg.split_once("expected ") else {
+        return msg.to_string();
+    };
+    let nearest = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(field, k), k))
+        .min();
+    match nearest {
+        Some((d, k)) if d > 0 && d <= (field.len().max(k.len()) / 3).max(2) => {
+            format!("unknown field `{field}` (did you mean `{k}`?); expected {expected}")
+        }
+        _ => msg.to_string(),
+    }
+}
+
+/// Levenshtein distance between two short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Remove the mapping key at `path` (as `decode` reports it: `a.b`,
+/// `list[1].c`) from `node`; whether it was there.
+pub fn remove_at(node: &mut Node, path: &str) -> bool {
+    let mut segs: Vec<String> = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            if i > 0 {
+                segs.push(rest[..i].to_string());
+            }
+            rest = &rest[i..];
+            while let Some(end) = rest.find(']') {
+                segs.push(rest[..=end].to_string());
+                rest = &rest[end + 1..];
+            }
+        } else if !rest.is_empty() {
+            segs.push(rest.to_string());
+        }
+    }
+    let Some(last) = segs.pop() else {
+        return false;
+    };
+    let mut cur = node;
+    for s in &segs {
+        let next = if let Some(i) = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            match i.parse::<usize>() {
+                Ok(i) => cur.get_mut(i),
+                Err(_) => None,
+            }
+        } else {
+            cur.get_mut(s.as_str())
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return false,
+        }
+    }
+    match cur {
+        Node::Mapping(m) => m.remove(last.as_str()).is_some(),
+        _ => false,
+    }
 }
 
 /// The string value of `key` in a mapping node.
@@ -332,6 +413,42 @@ impl Locator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misspelt_keys_get_the_nearest_known_one() {
+        let table = [
+            (
+                "unknown field `tabel`, expected one of `database`, `table`, `key`",
+                Some("`table`"),
+            ),
+            (
+                "unknown field `queuess`, expected one of `databases`, `queues`, `sweeps`",
+                Some("`queues`"),
+            ),
+            ("unknown field `zzzzzz`, expected `table` or `key`", None),
+            ("invalid type: string \"x\", expected u32", None),
+        ];
+        for (msg, want) in table {
+            let got = suggest(msg);
+            match want {
+                Some(k) => assert!(got.contains(&format!("did you mean {k}?")), "{got}"),
+                None => assert_eq!(got, msg),
+            }
+        }
+    }
+
+    #[test]
+    fn removes_keys_at_nested_paths() {
+        let mut n: Node =
+            serde_yaml::from_str("a:\n  list:\n    - {x: 1, y: 2}\n  b: 3\n").unwrap();
+        assert!(remove_at(&mut n, "a.list[0].y"));
+        assert!(remove_at(&mut n, "a.b"));
+        assert!(!remove_at(&mut n, "a.nope"));
+        assert_eq!(
+            serde_yaml::to_string(&n).unwrap(),
+            "a:\n  list:\n  - x: 1\n"
+        );
+    }
 
     #[test]
     fn locates_nested_paths() {

@@ -247,3 +247,33 @@ fn provider_sources_report_every_missing_field_and_foreign_option() {
         assert!(err.contains(want), "missing {want:?}:\n{err}");
     }
 }
+
+#[test]
+fn an_unknown_key_does_not_hide_the_other_problems() {
+    let text = VALID
+        .replacen("    key: id\n", "    key: id\n    tabel: x\n", 1)
+        .replacen("after: 10m", "after: soon", 1)
+        .replacen("queue: resque", "queue: nope", 1)
+        .replacen("queues:\n", "queuess: {}\nqueues:\n", 1);
+    let (code, err) = check(&text);
+    assert_eq!(code, Some(78), "{err}");
+    for (path, line_of, says) in [
+        ("sweeps.comments.tabel", "tabel:", "did you mean `table`?"),
+        ("queuess", "queuess:", "did you mean `queues`?"),
+        (
+            "sweeps.comments.pending.after",
+            "after: soon",
+            "invalid duration",
+        ),
+        (
+            "sweeps.comments.pending.queue",
+            "queue: nope",
+            "unknown queue \"nope\"",
+        ),
+    ] {
+        let line = line_number(&text, line_of);
+        let want = format!("FILE:{line}: {path}: ");
+        assert!(err.contains(&want), "want {want:?} in:\n{err}");
+        assert!(err.contains(says), "want {says:?} in:\n{err}");
+    }
+}
