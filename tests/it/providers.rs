@@ -898,3 +898,64 @@ async fn postmark_rows_matched_by_metadata() {
     assert_eq!(searches, 4);
     b.cleanup().await;
 }
+
+/// A provider failing for one sweep's keys is that sweep's error only:
+/// another sweep asking the same source about keys it answers is settled
+/// and reports no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_failure_is_charged_only_to_the_sweep_whose_keys_failed() {
+    let replay = Replay::start(Arc::new(|pq: &str, _h: &HeaderMap, _| {
+        if pq.contains("good1") {
+            ok(json!({"state": {"name": "delivered"}}).to_string())
+        } else {
+            (500, vec![], "{}".into(), Duration::ZERO)
+        }
+    }))
+    .await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let good = app_rows(
+        d1.path(),
+        &[("1001", "<good1@x>")],
+        Some("2024-05-14 10:00:00"),
+        0,
+    )
+    .await;
+    let bad = app_rows(
+        d2.path(),
+        &[("2001", "<bad1@x>")],
+        Some("2024-05-14 10:00:00"),
+        0,
+    )
+    .await;
+    let sweep = |name: &str, db: &str, table: &str| {
+        format!(
+            "  {name}:\n    database: {db}\n    table: {table}\n    key: id\n    state_column: notification_state\n    timestamp_column: updated_at\n    sending:\n      after: 15m\n      evidence: [{{source: provider, match: message_id}}]\n      give_up_after: 24000h\n      on_no_evidence: error\n"
+        )
+    };
+    let yaml = format!(
+        "databases:\n  a: {{url: \"{}\", ledger_table: {}}}\n  b: {{url: \"{}\", ledger_table: {}}}\nevidence:\n  provider:\n    kind: http\n    url: \"{}/status/{{key}}\"\n    status_pointer: /state/name\n    sent: [delivered]\n    failed: [hard_bounce]\n    retries: 0\nsweeps:\n{}{}",
+        good.url,
+        good.ledger,
+        bad.url,
+        bad.ledger,
+        replay.base(),
+        sweep("first", "a", &good.table),
+        sweep("second", "b", &bad.table),
+    );
+    let cfg = write(d1.path(), "two.yaml", &yaml);
+    let report = run_json(
+        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
+        1,
+    );
+    let first = sweep_json(&report, "first");
+    assert_eq!(first["errors"], json!([]), "{report:#}");
+    assert_eq!(first["rows"][0]["decision"], "mark_sent", "{report:#}");
+    let second = sweep_json(&report, "second");
+    assert_eq!(second["errors"][0]["stage"], "evidence", "{report:#}");
+    assert_eq!(
+        second["rows"][0]["reason"], "evidence_unavailable",
+        "{report:#}"
+    );
+    good.cleanup().await;
+    bad.cleanup().await;
+}
