@@ -200,18 +200,23 @@ pub fn interpolate(
         }
         Node::Mapping(map) => {
             for (k, v) in map.iter_mut() {
-                let key = match k {
-                    Node::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                };
-                interpolate(v, &join(path, &key), env, errors);
+                interpolate(v, &join(path, &key_text(k)), env, errors);
             }
         }
         Node::Tagged(t) => interpolate(&mut t.value, path, env, errors),
         Node::Null | Node::Bool(_) | Node::Number(_) => {}
+    }
+}
+
+/// A mapping key as it appears in a path: strings as they are, other
+/// scalars as YAML writes them.
+fn key_text(k: &Node) -> String {
+    match k {
+        Node::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -230,13 +235,7 @@ pub fn todos(node: &Node, path: &str, out: &mut Vec<(String, String)>) {
         }
         Node::Mapping(map) => {
             for (k, v) in map {
-                let key = match k {
-                    Node::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                };
+                let key = key_text(k);
                 if key == "TODO" {
                     out.push((
                         join(path, &key),

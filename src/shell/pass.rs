@@ -1797,25 +1797,12 @@ async fn reassert_before_requeue(
             .current_versions(&ready.table, RowState::Pending, &rows)
             .await;
         drop(rows);
-        match current {
-            Ok(current) => {
-                for i in pend {
-                    let r = &work[i].row;
-                    if current.get(&r.key) == Some(&r.version) {
-                        go.push(i);
-                    } else {
-                        work[i].outcome = Outcome::AlreadyMoved;
-                    }
-                }
-            }
-            Err(e) => {
-                let fault = Fault::from(e);
-                for i in pend {
-                    work[i].outcome = failed(Stage::Fetch, &fault);
-                }
-                note(errors, Stage::Fetch, &fault);
-            }
-        }
+        let still = current.map(|current| {
+            pend.iter()
+                .map(|i| current.get(&work[*i].row.key) == Some(&work[*i].row.version))
+                .collect()
+        });
+        reasserted(work, &pend, still, Stage::Fetch, &mut go, errors);
     }
     if !send.is_empty() {
         let changes: Vec<Transition<'_>> = send
@@ -1827,27 +1814,41 @@ async fn reassert_before_requeue(
             .collect();
         let result = ready.db.transition(&ready.table, &changes).await;
         drop(changes);
-        match result {
-            Ok(applied) => {
-                for (i, ok) in send.into_iter().zip(applied) {
-                    if ok {
-                        go.push(i);
-                    } else {
-                        work[i].outcome = Outcome::AlreadyMoved;
-                    }
-                }
-            }
-            Err(e) => {
-                let fault = Fault::from(e);
-                for i in send {
-                    work[i].outcome = failed(Stage::Update, &fault);
-                }
-                note(errors, Stage::Update, &fault);
-            }
-        }
+        reasserted(work, &send, result, Stage::Update, &mut go, errors);
     }
     go.sort_unstable();
     go
+}
+
+/// Record what re-asserting `rows` found: each row still as read goes on
+/// to `go`, a row that moved on is `already_moved`, and an error fails them
+/// all at `stage`.
+fn reasserted(
+    work: &mut [RowWork],
+    rows: &[usize],
+    result: Result<Vec<bool>, DbError>,
+    stage: Stage,
+    go: &mut Vec<usize>,
+    errors: &mut Vec<PassError>,
+) {
+    match result {
+        Ok(still) => {
+            for (i, ok) in rows.iter().zip(still) {
+                if ok {
+                    go.push(*i);
+                } else {
+                    work[*i].outcome = Outcome::AlreadyMoved;
+                }
+            }
+        }
+        Err(e) => {
+            let fault = Fault::from(e);
+            for i in rows {
+                work[*i].outcome = failed(stage, &fault);
+            }
+            note(errors, stage, &fault);
+        }
+    }
 }
 
 /// Push the jobs of `go`; a job counts once its queue accepted it, and only
