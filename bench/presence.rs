@@ -83,6 +83,7 @@ async fn main() {
                     queue: "notify",
                     class: "NotifyUser",
                     args: &args[*i],
+                    activejob: None,
                 })
                 .collect();
             q.push(&reqs, now).await.unwrap();

@@ -422,9 +422,53 @@ pub struct JobConfig {
     /// The queue name inside that queue system.
     pub queue: String,
     pub class: String,
-    /// Columns whose values become the job's arguments, in order.
+    /// Columns read for the job: for a plain job its arguments, in order;
+    /// for ActiveJob every column its arguments use (`ActiveJobFormat`
+    /// says how).
     pub args: Vec<Ident>,
+    /// `Some` for `format: activejob`.
+    pub activejob: Option<ActiveJobFormat>,
 }
+
+/// A Rails ActiveJob envelope around the job (`format: activejob`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveJobFormat {
+    /// The class the app's queue adapter enqueues (its `JobWrapper`).
+    pub wrapper: String,
+    pub locale: String,
+    pub timezone: Option<String>,
+    pub priority: Option<i64>,
+    /// GlobalID app name.
+    pub app: Option<String>,
+    /// Positional arguments, each from a column of `JobConfig::args`.
+    pub args: Vec<AjArg>,
+    /// Keyword arguments (`_aj_ruby2_keywords`), in order.
+    pub kwargs: Vec<(String, AjArg)>,
+}
+
+/// One ActiveJob argument: which of `JobConfig::args` it reads, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AjArg {
+    pub column: usize,
+    pub kind: AjArgKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AjArgKind {
+    /// The column's JSON value as it is.
+    Value,
+    /// A record reference: `{"_aj_globalid": "gid://<app>/<Model>/<value>"}`.
+    GlobalId(String),
+    /// A JSON object whose keys the job reads as symbols (`_aj_symbol_keys`).
+    SymbolKeys,
+}
+
+/// Rails' own wrapper classes (Rails 6.1–8.1; Sidekiq 7.3+ keeps the
+/// Sidekiq one as an alias of `Sidekiq::ActiveJob::Wrapper`).
+pub const AJ_SIDEKIQ_WRAPPER: &str = "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper";
+pub const AJ_RESQUE_WRAPPER: &str = "ActiveJob::QueueAdapters::ResqueAdapter::JobWrapper";
+/// Sidekiq 8's own name for its wrapper.
+pub const AJ_SIDEKIQ8_WRAPPER: &str = "Sidekiq::ActiveJob::Wrapper";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EvidenceRef {

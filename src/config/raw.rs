@@ -289,7 +289,46 @@ pub struct RawJob {
     pub queue: String,
     pub class: String,
     #[serde(default)]
-    pub args: Vec<String>,
+    pub args: Vec<RawArg>,
+    /// `plain` (default) or `activejob`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// ActiveJob keyword arguments: name → column.
+    #[serde(default)]
+    pub kwargs: Option<BTreeMap<String, RawArg>>,
+    /// ActiveJob: the wrapper class the app's adapter enqueues.
+    #[serde(default)]
+    pub wrapper: Option<String>,
+    #[serde(default)]
+    pub locale: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// ActiveJob: the GlobalID app name (`gid://<app>/Model/id`).
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// A job argument: a column, or (ActiveJob) a column read as a record
+/// reference or as a hash with symbol keys.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawArg {
+    Column(String),
+    Spec(RawArgSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArgSpec {
+    pub column: String,
+    /// The model of a GlobalID record reference.
+    #[serde(default)]
+    pub global_id: Option<String>,
+    /// A JSON object whose keys the job expects as symbols.
+    #[serde(default)]
+    pub symbol_keys: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -147,7 +147,7 @@ pub fn validate(
                 let path = yaml::join("sweeps", &name);
                 name_ok(&mut p, &path, &name);
                 if let Some(raw) = p.decode::<RawSweep>(node, &path) {
-                    if let Some(s) = sweep(&mut p, &path, &name, raw, &refs, &evidence) {
+                    if let Some(s) = sweep(&mut p, &path, &name, raw, &refs, &evidence, &queues) {
                         sweeps.push(s);
                     }
                 }
@@ -1061,6 +1061,190 @@ fn state_value(
     }
 }
 
+/// A job's argument columns and, for `format: activejob`, how each becomes
+/// an ActiveJob argument. `None` columns when one is invalid (reported).
+fn job_args(
+    p: &mut Problems,
+    jp: &str,
+    raw: &RawJob,
+    kind: Option<&QueueKind>,
+) -> (Option<Vec<Ident>>, Option<ActiveJobFormat>) {
+    let format = raw.format.as_deref().unwrap_or("plain");
+    let aj = match format {
+        "plain" => false,
+        "activejob" => true,
+        other => {
+            p.push(
+                yaml::join(jp, "format"),
+                format!("unknown job format {other:?} (plain, activejob)"),
+            );
+            false
+        }
+    };
+    let mut columns: Vec<Ident> = Vec::new();
+    let mut ok = true;
+    let mut column = |p: &mut Problems, path: &str, name: &str| -> usize {
+        match Ident::parse(name, false) {
+            Ok(c) => match columns.iter().position(|x| *x == c) {
+                Some(i) => i,
+                None => {
+                    columns.push(c);
+                    columns.len() - 1
+                }
+            },
+            Err(e) => {
+                p.push(path, e);
+                ok = false;
+                0
+            }
+        }
+    };
+    let mut arg = |p: &mut Problems, path: &str, a: &RawArg| -> AjArg {
+        match a {
+            RawArg::Column(c) => AjArg {
+                column: column(p, path, c),
+                kind: AjArgKind::Value,
+            },
+            RawArg::Spec(spec) => {
+                let col = column(p, &yaml::join(path, "column"), &spec.column);
+                if !aj {
+                    p.push(
+                        path,
+                        "record references and symbol keys are ActiveJob arguments: set `format: activejob`",
+                    );
+                }
+                let kind = match (&spec.global_id, spec.symbol_keys) {
+                    (Some(model), None | Some(false)) => {
+                        if !ruby_constant(model) {
+                            p.push(
+                                yaml::join(path, "global_id"),
+                                format!("{model:?} is not a Ruby class name"),
+                            );
+                        }
+                        AjArgKind::GlobalId(model.clone())
+                    }
+                    (None, Some(true)) => AjArgKind::SymbolKeys,
+                    (None, None | Some(false)) => AjArgKind::Value,
+                    (Some(_), Some(true)) => {
+                        p.push(
+                            path,
+                            "an argument is a record reference or a hash, not both",
+                        );
+                        AjArgKind::Value
+                    }
+                };
+                AjArg { column: col, kind }
+            }
+        }
+    };
+    let positional: Vec<AjArg> = raw
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            arg(
+                p,
+                &yaml::join(&yaml::join(jp, "args"), &format!("[{i}]")),
+                a,
+            )
+        })
+        .collect();
+    let kwargs: Vec<(String, AjArg)> = raw
+        .kwargs
+        .iter()
+        .flatten()
+        .map(|(k, a)| {
+            let kp = yaml::join(&yaml::join(jp, "kwargs"), k);
+            if k.is_empty() || k.starts_with("_aj_") {
+                p.push(
+                    kp.clone(),
+                    format!("{k:?} cannot be a keyword argument name"),
+                );
+            }
+            (k.clone(), arg(p, &kp, a))
+        })
+        .collect();
+    if !aj {
+        for (field, present) in [
+            ("kwargs", raw.kwargs.is_some()),
+            ("wrapper", raw.wrapper.is_some()),
+            ("locale", raw.locale.is_some()),
+            ("timezone", raw.timezone.is_some()),
+            ("priority", raw.priority.is_some()),
+            ("app", raw.app.is_some()),
+        ] {
+            if present {
+                p.push(
+                    yaml::join(jp, field),
+                    format!("`{field}` belongs to ActiveJob jobs: set `format: activejob`"),
+                );
+            }
+        }
+        return (ok.then_some(columns), None);
+    }
+    let default_wrapper = match kind {
+        Some(QueueKind::Sidekiq(_)) => Some(AJ_SIDEKIQ_WRAPPER),
+        Some(QueueKind::Resque(_)) => Some(AJ_RESQUE_WRAPPER),
+        Some(_) => {
+            p.push(
+                yaml::join(jp, "format"),
+                "ActiveJob envelopes are written to `sidekiq` and `resque` queues only",
+            );
+            None
+        }
+        None => None,
+    };
+    let wrapper = raw
+        .wrapper
+        .clone()
+        .or(default_wrapper.map(str::to_string))
+        .unwrap_or_default();
+    if !wrapper.is_empty() && !ruby_constant(&wrapper) {
+        p.push(
+            yaml::join(jp, "wrapper"),
+            format!("{wrapper:?} is not a Ruby class name"),
+        );
+    }
+    if !ruby_constant(&raw.class) {
+        p.push(
+            yaml::join(jp, "class"),
+            format!(
+                "{:?} is not a Ruby class name (ActiveJob looks it up)",
+                raw.class
+            ),
+        );
+    }
+    let uses_gid = positional
+        .iter()
+        .chain(kwargs.iter().map(|(_, a)| a))
+        .any(|a| matches!(a.kind, AjArgKind::GlobalId(_)));
+    if uses_gid && raw.app.as_deref().is_none_or(str::is_empty) {
+        p.push(
+            yaml::join(jp, "app"),
+            "record references need the GlobalID app name (`app`, as in gid://<app>/User/1)",
+        );
+    }
+    let fmt = ActiveJobFormat {
+        wrapper,
+        locale: raw.locale.clone().unwrap_or_else(|| "en".into()),
+        timezone: Some(raw.timezone.clone().unwrap_or_else(|| "UTC".into())),
+        priority: raw.priority,
+        app: raw.app.clone(),
+        args: positional,
+        kwargs,
+    };
+    (ok.then_some(columns), Some(fmt))
+}
+
+/// `Foo`, `Foo::Bar_2`: a Ruby constant path.
+fn ruby_constant(s: &str) -> bool {
+    !s.is_empty()
+        && s.split("::").all(|part| {
+            part.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
 fn sweep(
     p: &mut Problems,
     path: &str,
@@ -1068,6 +1252,7 @@ fn sweep(
     raw: RawSweep,
     refs: &Refs,
     sources: &BTreeMap<String, EvidenceConfig>,
+    queues: &BTreeMap<String, QueueConfig>,
 ) -> Option<SweepConfig> {
     let sub = |k: &str| yaml::join(path, k);
     if !refs.databases.contains(&raw.database) {
@@ -1152,18 +1337,8 @@ fn sweep(
         if rp.job.class.trim().is_empty() {
             p.push(yaml::join(&jp, "class"), "job class is empty");
         }
-        let args: Vec<Option<Ident>> = rp
-            .job
-            .args
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                p.check(
-                    &yaml::join(&yaml::join(&jp, "args"), &format!("[{i}]")),
-                    Ident::parse(a, false),
-                )
-            })
-            .collect();
+        let kind = queues.get(&rp.queue).map(|q| &q.kind);
+        let (args, activejob) = job_args(p, &jp, &rp.job, kind);
         let max_attempts = rp.max_attempts.unwrap_or(5);
         if max_attempts == 0 {
             p.push(yaml::join(&pp, "max_attempts"), "must be at least 1");
@@ -1190,12 +1365,12 @@ fn sweep(
                 max,
             })
         });
-        let args: Option<Vec<Ident>> = args.into_iter().collect();
         job = Some(JobConfig {
             queue_ref: rp.queue,
             queue: rp.job.queue,
             class: rp.job.class,
             args: args?,
+            activejob,
         });
         Some(PendingRule {
             after: after?,

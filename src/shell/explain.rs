@@ -154,6 +154,16 @@ pub fn render(cfg: &Config, sweep: &SweepConfig, key: &str, result: &PassResult)
                 if matches!(q.kind, QueueKind::Jsonl { .. }) {
                     let _ = writeln!(out, "              (appended to a jsonl file)");
                 }
+                match crate::adapters::queue::preview(q, job, &row.args, now) {
+                    Some(Ok(payload)) => {
+                        let _ = writeln!(out, "  payload     {payload}");
+                        let _ = writeln!(out, "              (as the worker will receive it)");
+                    }
+                    Some(Err(e)) => {
+                        let _ = writeln!(out, "  payload     cannot be built: {e}");
+                    }
+                    None => {}
+                }
             }
         }
     }

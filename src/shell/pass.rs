@@ -364,6 +364,9 @@ enum Fault {
     NoJob,
     #[error("queue {queue}: {message}")]
     Rejected { queue: String, message: String },
+    /// A row's values cannot become the job (ActiveJob could not carry them).
+    #[error("job {class}: {message}")]
+    Job { class: String, message: String },
 }
 
 /// Record a stage error once per (stage, message) in a sweep's report.
@@ -1357,7 +1360,15 @@ async fn settle_page(
         .map(|(row, ledger)| RowWork {
             ledger,
             presence: walk.presence.as_ref().map(|p| match (p, &sweep.job) {
-                (Ok(idx), Some(job)) => idx.lookup(&job.class, &row.args),
+                (Ok(idx), Some(job)) => match &job.activejob {
+                    None => idx.lookup(&job.class, &row.args),
+                    // Found by the job inside its ActiveJob envelope; a row
+                    // whose job cannot be built fails when it is pushed.
+                    Some(aj) => match crate::adapters::queue::activejob::arguments(aj, &row.args) {
+                        Ok(a) => idx.lookup(&job.class, &a),
+                        Err(_) => Presence::Absent,
+                    },
+                },
                 _ => Presence::Unknown,
             }),
             row,
@@ -1770,11 +1781,34 @@ async fn requeue(
         }
         conns.ledger_ready.insert(ledger_key);
     }
+    // An ActiveJob job is built before anything is written: a row whose
+    // values ActiveJob could not carry fails here, untouched.
+    let mut built: HashMap<usize, Vec<serde_json::Value>> = HashMap::new();
+    let mut requeues = requeues;
+    if let Some(aj) = &job.activejob {
+        requeues.retain(|i| {
+            match crate::adapters::queue::activejob::arguments(aj, &work[*i].row.args) {
+                Ok(a) => {
+                    built.insert(*i, a);
+                    true
+                }
+                Err(message) => {
+                    let fault = Fault::Job {
+                        class: job.class.clone(),
+                        message,
+                    };
+                    note(errors, Stage::Enqueue, &fault);
+                    work[*i].outcome = failed(Stage::Enqueue, &fault);
+                    false
+                }
+            }
+        });
+    }
     let go = reassert_before_requeue(ready, work, &requeues, errors).await;
     if go.is_empty() {
         return;
     }
-    push_and_record(cfg, conns, sweep, job, ready, work, &go, errors).await;
+    push_and_record(cfg, conns, sweep, job, ready, work, &go, &built, errors).await;
 }
 
 /// Re-assert each row before its job is pushed: pending rows must still be
@@ -1863,6 +1897,7 @@ async fn push_and_record(
     ready: &Ready,
     work: &mut [RowWork],
     go: &[usize],
+    built: &HashMap<usize, Vec<serde_json::Value>>,
     errors: &mut Vec<PassError>,
 ) {
     let jobs: Vec<JobRequest<'_>> = go
@@ -1873,7 +1908,8 @@ async fn push_and_record(
             attempt: work[*i].decision.attempt.unwrap_or(1),
             queue: &job.queue,
             class: &job.class,
-            args: &work[*i].row.args,
+            args: built.get(i).unwrap_or(&work[*i].row.args),
+            activejob: job.activejob.as_ref(),
         })
         .collect();
     let pushed = match conns.queue(cfg, &job.queue_ref).await {

@@ -45,6 +45,8 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case { name: "a TODO left from sweeper init", edit: ("class: NotifyUser", "class: TODO"), path: "sweeps.comments.pending.job.class", line_of: "class: TODO", says: "still a TODO (left by `sweeper init`)" },
+    Case { name: "a record reference without activejob", edit: ("args: [user_id, id]", "args: [{global_id: User, column: user_id}, id]"), path: "sweeps.comments.pending.job.args[0]", line_of: "job: {queue: notify", says: "set `format: activejob`" },
+    Case { name: "an unknown job format", edit: ("class: NotifyUser,", "class: NotifyUser, format: celery,"), path: "sweeps.comments.pending.job.format", line_of: "format: celery", says: "unknown job format \"celery\"" },
     Case { name: "unknown top-level key", edit: ("queues:\n", "queuess:\n"), path: "queuess", line_of: "queuess:", says: "unknown field `queuess`" },
     Case { name: "unknown sweep key", edit: ("    key: id\n", "    key: id\n    tabel: x\n"), path: "sweeps.comments.tabel", line_of: "tabel:", says: "unknown field `tabel`" },
     Case { name: "bad duration", edit: ("after: 10m", "after: 10 mins later"), path: "sweeps.comments.pending.after", line_of: "after: 10 mins later", says: "invalid duration \"10 mins later\"" },
@@ -220,12 +222,21 @@ fn the_annotated_example_config_is_valid() {
     let text = std::fs::read_to_string(&path).unwrap();
     let cfg = sweeper::config::load_str(&text, "config/example.yaml", &env)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(cfg.sweeps.len(), 2);
+    assert_eq!(cfg.sweeps.len(), 3);
     assert_eq!(cfg.queues.len(), 5);
     assert_eq!(cfg.evidence.len(), 8);
     let receipts = cfg.sweep("receipts").unwrap();
     assert_eq!(receipts.states.sent, sweeper::config::StateValue::Int(2));
     assert_eq!(receipts.table.to_string(), "billing.receipts");
+    let aj = cfg.sweep("user_notifications").unwrap();
+    let job = aj.job.as_ref().unwrap();
+    let fmt = job.activejob.as_ref().expect("an ActiveJob job");
+    assert_eq!(fmt.wrapper, sweeper::config::AJ_SIDEKIQ_WRAPPER);
+    assert_eq!(
+        job.args.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        ["user_id", "id", "note"]
+    );
+    assert_eq!(fmt.kwargs.len(), 1);
 }
 
 #[test]
@@ -276,4 +287,26 @@ fn an_unknown_key_does_not_hide_the_other_problems() {
         assert!(err.contains(&want), "want {want:?} in:\n{err}");
         assert!(err.contains(says), "want {says:?} in:\n{err}");
     }
+}
+
+#[test]
+fn activejob_envelopes_go_only_to_sidekiq_and_resque() {
+    let text = VALID
+        .replacen(
+            "    kind: resque\n    redis: redis://127.0.0.1:6379/0\n",
+            "    kind: jsonl\n    path: /tmp/jobs.jsonl\n",
+            1,
+        )
+        .replacen(
+            "class: NotifyUser,",
+            "class: NotifyUser, format: activejob,",
+            1,
+        );
+    let (code, err) = check(&text);
+    assert_eq!(code, Some(78), "{err}");
+    let line = line_number(&text, "format: activejob");
+    assert!(
+        err.contains(&format!("FILE:{line}: sweeps.comments.pending.job.format: ActiveJob envelopes are written to `sidekiq` and `resque` queues only")),
+        "{err}"
+    );
 }

@@ -2,6 +2,7 @@
 //! Redis, …) and real queue consumers; a missing service fails the test
 //! with instructions, it is never skipped.
 
+mod activejob;
 mod config_errors;
 mod daemon;
 mod evidence_fixtures;

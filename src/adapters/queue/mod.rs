@@ -9,6 +9,7 @@
 //! of it may count as requeued) and otherwise one result per job (HTTP and
 //! AMQP accept or refuse jobs one by one).
 
+pub mod activejob;
 pub mod amqp;
 pub mod http;
 pub mod jsonl;
@@ -30,7 +31,11 @@ pub struct JobRequest<'a> {
     /// Queue name inside the queue system.
     pub queue: &'a str,
     pub class: &'a str,
+    /// The job's arguments; for an ActiveJob job already serialized as
+    /// ActiveJob writes them (`activejob::arguments`).
     pub args: &'a [serde_json::Value],
+    /// `Some`: wrap the job in an ActiveJob envelope.
+    pub activejob: Option<&'a crate::config::ActiveJobFormat>,
 }
 
 impl<'a> JobRequest<'a> {
@@ -51,6 +56,54 @@ impl<'a> JobRequest<'a> {
             idempotency_key,
         }
     }
+}
+
+/// The payload a Resque or Sidekiq worker will receive for a row's job
+/// (for `explain`; ids generated at push are shown as placeholders).
+/// `None` for queue kinds whose message is not one JSON document;
+/// `Some(Err)` when the row's values cannot become the job.
+pub fn preview(
+    qcfg: &QueueConfig,
+    job: &crate::config::JobConfig,
+    row_args: &[serde_json::Value],
+    now: Timestamp,
+) -> Option<Result<String, String>> {
+    let args = match &job.activejob {
+        Some(aj) => match activejob::arguments(aj, row_args) {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        },
+        None => row_args.to_vec(),
+    };
+    let req = JobRequest {
+        sweep: "",
+        row_key: "",
+        attempt: 1,
+        queue: &job.queue,
+        class: &job.class,
+        args: &args,
+        activejob: job.activejob.as_ref(),
+    };
+    let text = match &qcfg.kind {
+        QueueKind::Resque(_) => resque::payload_of(&req, now),
+        QueueKind::Sidekiq(s) => sidekiq::payload(s, &req, "<a new jid>", now),
+        QueueKind::Jsonl { .. } | QueueKind::Amqp(_) | QueueKind::Http(_) => return None,
+    };
+    // The job id is new at every push.
+    let text = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(mut v) => {
+            if let Some(h) = v
+                .get_mut("args")
+                .and_then(|a| a.get_mut(0))
+                .filter(|h| h.get("job_id").is_some())
+            {
+                h["job_id"] = serde_json::Value::from("<a new UUID>");
+            }
+            v.to_string()
+        }
+        Err(_) => text,
+    };
+    Some(Ok(text))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +209,7 @@ impl QueueClient {
             return Ok(Vec::new());
         }
         match self {
-            QueueClient::Resque(q) => q.push(jobs).await.map(|()| all_ok(jobs.len())),
+            QueueClient::Resque(q) => q.push(jobs, now).await.map(|()| all_ok(jobs.len())),
             QueueClient::Sidekiq(q) => q.push(jobs, now).await.map(|()| all_ok(jobs.len())),
             QueueClient::Jsonl(q) => q.push(jobs, now).await.map(|()| all_ok(jobs.len())),
             QueueClient::Amqp(q) => q.push(jobs, now).await,

@@ -45,12 +45,35 @@ pub fn canonical(v: &Value) -> String {
             keys.sort();
             let parts: Vec<String> = keys
                 .iter()
-                .map(|k| format!("{}:{}", Value::from(k.as_str()), canonical(&o[*k])))
+                .map(|k| {
+                    // ActiveJob's key lists follow the caller's key order,
+                    // which says nothing about the job.
+                    let v = match &o[*k] {
+                        Value::Array(items) if k.starts_with("_aj_") => {
+                            let mut items: Vec<String> = items.iter().map(canonical).collect();
+                            items.sort();
+                            format!("[{}]", items.join(","))
+                        }
+                        v => canonical(v),
+                    };
+                    format!("{}:{v}", Value::from(k.as_str()))
+                })
                 .collect();
             format!("{{{}}}", parts.join(","))
         }
         other => other.to_string(),
     }
+}
+
+/// The job class and arguments of an ActiveJob envelope: a wrapper class
+/// whose one argument is a serialized job (`job_class`, `arguments`).
+fn activejob_inside<'v>(class: &str, args: &'v Value) -> Option<(&'v str, &'v Value)> {
+    let wrapper = class.ends_with("::JobWrapper") || class == crate::config::AJ_SIDEKIQ8_WRAPPER;
+    if !wrapper {
+        return None;
+    }
+    let job = args.as_array()?.first()?;
+    Some((job.get("job_class")?.as_str()?, job.get("arguments")?))
 }
 
 /// The identity of a job: class and arguments.
@@ -95,7 +118,12 @@ impl PresenceIndex {
         ) else {
             return;
         };
-        let key = job_key(class, args);
+        // An ActiveJob envelope (Rails' Sidekiq or Resque JobWrapper,
+        // Sidekiq 8's wrapper): the job is the serialized hash inside.
+        let key = match activejob_inside(class, args) {
+            Some((job_class, arguments)) => job_key(job_class, arguments),
+            None => job_key(class, args),
+        };
         if running {
             self.running.insert(key);
         } else {
@@ -191,5 +219,32 @@ mod tests {
             idx.lookup("NotifyUser", &[json!(15), json!(5)]),
             Presence::Backlog
         );
+    }
+
+    #[test]
+    fn activejob_envelopes_are_found_by_the_job_inside() {
+        let mut idx = PresenceIndex::default();
+        idx.add_payload(
+            &json!({"class": "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper",
+                    "wrapped": "NotifyUserJob", "queue": "mailers",
+                    "args": [{"job_class": "NotifyUserJob", "job_id": "x",
+                              "arguments": [{"_aj_globalid": "gid://shop/User/7"}, 42,
+                                            {"note": "hi", "urgent": true, "_aj_ruby2_keywords": ["urgent", "note"]}]}],
+                    "jid": "abc"}),
+            false,
+        );
+        idx.add_payload(
+            &json!({"class": "Sidekiq::ActiveJob::Wrapper",
+                    "args": [{"job_class": "OtherJob", "arguments": [1]}]}),
+            false,
+        );
+        let ours = [
+            json!({"_aj_globalid": "gid://shop/User/7"}),
+            json!(42),
+            json!({"note": "hi", "urgent": true, "_aj_ruby2_keywords": ["note", "urgent"]}),
+        ];
+        assert_eq!(idx.lookup("NotifyUserJob", &ours), Presence::Queued);
+        assert_eq!(idx.lookup("OtherJob", &[json!(1)]), Presence::Queued);
+        assert_eq!(idx.lookup("NotifyUserJob", &[json!(1)]), Presence::Absent);
     }
 }

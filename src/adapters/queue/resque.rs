@@ -4,8 +4,9 @@
 //! batch. node-resque reads the same layout.
 
 use super::presence::PresenceIndex;
-use super::{redis_connect, JobRequest, QueueError};
+use super::{activejob, redis_connect, JobRequest, QueueError};
 use crate::config::ResqueConfig;
+use crate::core::model::Timestamp;
 
 pub struct Resque {
     name: String,
@@ -14,6 +15,25 @@ pub struct Resque {
 }
 
 /// The payload exactly as Ruby Resque encodes it: `{"class":…,"args":[…]}`.
+/// What `sweeper` pushes for a job: the plain payload, or Rails' Resque
+/// adapter envelope `{"class": <JobWrapper>, "args": [<job hash>]}`.
+pub fn payload_of(job: &JobRequest<'_>, now: Timestamp) -> String {
+    match job.activejob {
+        None => payload(job.class, job.args),
+        Some(aj) => {
+            let hash = activejob::job_hash(
+                aj,
+                job.class,
+                job.queue,
+                job.args.to_vec(),
+                &activejob::new_job_id(),
+                now,
+            );
+            payload(&aj.wrapper, &[hash])
+        }
+    }
+}
+
 pub fn payload(class: &str, args: &[serde_json::Value]) -> String {
     format!(
         "{{\"class\":{},\"args\":{}}}",
@@ -35,15 +55,16 @@ impl Resque {
         format!("{}:{suffix}", self.cfg.namespace)
     }
 
-    pub async fn push(&mut self, jobs: &[JobRequest<'_>]) -> Result<(), QueueError> {
+    pub async fn push(
+        &mut self,
+        jobs: &[JobRequest<'_>],
+        now: Timestamp,
+    ) -> Result<(), QueueError> {
         let mut pipe = redis::pipe();
         for j in jobs {
             pipe.sadd(self.key("queues"), j.queue).ignore();
-            pipe.rpush(
-                self.key(&format!("queue:{}", j.queue)),
-                payload(j.class, j.args),
-            )
-            .ignore();
+            pipe.rpush(self.key(&format!("queue:{}", j.queue)), payload_of(j, now))
+                .ignore();
         }
         pipe.query_async::<()>(&mut self.conn)
             .await

@@ -35,8 +35,27 @@ pub fn payload(cfg: &SidekiqConfig, job: &JobRequest<'_>, jid: &str, now: Timest
     let mut m = Map::new();
     m.insert("retry".into(), cfg.retry.clone());
     m.insert("queue".into(), Value::from(job.queue));
-    m.insert("class".into(), Value::from(job.class));
-    m.insert("args".into(), Value::from(job.args.to_vec()));
+    match job.activejob {
+        None => {
+            m.insert("class".into(), Value::from(job.class));
+            m.insert("args".into(), Value::from(job.args.to_vec()));
+        }
+        // Rails' Sidekiq adapter: the wrapper runs the job hash, and names
+        // the job in `wrapped` (Sidekiq's UI, retries).
+        Some(aj) => {
+            m.insert("class".into(), Value::from(aj.wrapper.as_str()));
+            m.insert("wrapped".into(), Value::from(job.class));
+            let hash = super::activejob::job_hash(
+                aj,
+                job.class,
+                job.queue,
+                job.args.to_vec(),
+                &super::activejob::new_job_id(),
+                now,
+            );
+            m.insert("args".into(), Value::Array(vec![hash]));
+        }
+    }
     m.insert("jid".into(), Value::from(jid));
     let at = if cfg.epoch_millis {
         Value::from(now.timestamp_millis())
@@ -228,6 +247,7 @@ mod tests {
             queue: "notify",
             class: "NotifyUser",
             args: &args,
+            activejob: None,
         };
         let now = chrono::DateTime::from_timestamp(1_795_905_345, 250_000_000).unwrap();
         let got = payload(&cfg, &job, "0123456789abcdef01234567", now);
