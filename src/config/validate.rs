@@ -294,7 +294,22 @@ const QUEUE_KINDS: &str = "resque, sidekiq, jsonl, amqp, http";
 fn kind_of(p: &mut Problems, path: &str, node: &Node, kinds: &str) -> Option<String> {
     match node.get("kind") {
         None => {
-            p.push(path, format!("missing `kind` (one of {kinds})"));
+            // A misspelt `kind` is named where it stands.
+            let near = node.as_mapping().and_then(|m| {
+                m.keys().filter_map(Node::as_str).find(|k| {
+                    yaml::suggest(&format!("unknown field `{k}`, expected `kind`"))
+                        .contains("did you mean")
+                })
+            });
+            match near {
+                Some(k) => p.push(
+                    yaml::join(path, k),
+                    format!(
+                        "unknown field `{k}` (did you mean `kind`?): missing `kind` (one of {kinds})"
+                    ),
+                ),
+                None => p.push(path, format!("missing `kind` (one of {kinds})")),
+            }
             None
         }
         Some(k) => match k.as_str() {

@@ -310,3 +310,123 @@ fn activejob_envelopes_go_only_to_sidekiq_and_resque() {
         "{err}"
     );
 }
+
+/// A generated corpus: every key of the base config misspelt, every scalar
+/// given a value of the wrong shape, and hostile identifiers in every
+/// identifier position — each exits 78 naming the file, the line and the
+/// key, and the binary never panics.
+#[test]
+fn a_corpus_of_invalid_configs_each_names_file_line_and_key() {
+    let lines: Vec<&str> = VALID.lines().collect();
+    let named_sections = ["databases:", "queues:", "evidence:", "sweeps:"];
+    let mut cases: Vec<(String, usize, String, String)> = Vec::new(); // text, line, key, says
+    let mut section = "";
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with(' ') {
+            section = line.trim();
+        }
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let Some((key, value)) = trimmed.split_once(':') else {
+            continue;
+        };
+        if key.starts_with('-') || key.contains(' ') || key.contains('{') {
+            continue;
+        }
+        // Entity names (databases.app, queues.resque, …) are the user's own.
+        if indent == 2 && named_sections.contains(&section) {
+            continue;
+        }
+        let replace = |new_line: String| -> String {
+            let mut l = lines.clone();
+            l[i] = &new_line;
+            let mut t = l.join("\n");
+            t.push('\n');
+            t
+        };
+        let misspelt = format!("{}{key}zz:{value}", " ".repeat(indent));
+        cases.push((
+            replace(misspelt),
+            i + 1,
+            format!("{key}zz"),
+            format!("unknown field `{key}zz`"),
+        ));
+        let value = value.trim();
+        if !value.is_empty() && !value.starts_with('{') && !value.starts_with('[') {
+            let wrong = format!("{}{key}: {{bad: [1, 2]}}", " ".repeat(indent));
+            cases.push((replace(wrong), i + 1, key.to_string(), String::new()));
+        }
+    }
+    let hostile = [
+        "x\"; DROP TABLE users; --",
+        "a b",
+        "1abc",
+        "naïve",
+        "a.b.c",
+        "`x`",
+        "'x'",
+        "x--",
+        "x/*y*/",
+        "x)",
+        "x;y",
+        "x\ty",
+        "DROP TABLE x",
+        "x'y",
+        "x\\y",
+    ];
+    for h in hostile {
+        let q = format!("\"{}\"", h.replace('\\', "\\\\").replace('"', "\\\""));
+        for (find, key) in [
+            ("    key: id", "key"),
+            ("    state_column: notification_state", "state_column"),
+            ("    timestamp_column: updated_at", "timestamp_column"),
+        ] {
+            let text = VALID.replacen(find, &format!("    {key}: {q}"), 1);
+            let line = line_number(&text, &format!("    {key}: "));
+            cases.push((
+                text,
+                line,
+                key.to_string(),
+                "not a valid SQL identifier".into(),
+            ));
+        }
+        let text = VALID.replacen("match: message_id", &format!("match: {q}"), 1);
+        let line = line_number(&text, "match: ");
+        cases.push((
+            text,
+            line,
+            "match".into(),
+            "not a valid SQL identifier".into(),
+        ));
+        let text = VALID.replacen("args: [user_id, id]", &format!("args: [user_id, {q}]"), 1);
+        let line = line_number(&text, "args: [user_id, ");
+        cases.push((
+            text,
+            line,
+            "args[1]".into(),
+            "not a valid SQL identifier".into(),
+        ));
+    }
+    assert!(cases.len() >= 100, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for (text, line, key, says) in &cases {
+        let (code, err) = check(text);
+        let names_it = err
+            .lines()
+            .any(|l| l.contains(&format!("FILE:{line}: ")) && l.contains(key.as_str()));
+        if code != Some(78) || !names_it || !err.contains(says.as_str()) || err.contains("panicked")
+        {
+            failures.push(format!(
+                "line {line} key {key} (exit {code:?}, want {says:?}):\n{err}\n---\n{}",
+                text.lines().nth(line - 1).unwrap_or_default()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
