@@ -10,6 +10,7 @@ mod init;
 mod ops;
 mod providers;
 mod queues;
+mod races;
 mod secrets;
 mod sql_sweeps;
 mod streaming;
