@@ -8,6 +8,7 @@ mod daemon;
 mod evidence_fixtures;
 mod init;
 mod ops;
+mod outages;
 mod providers;
 mod queues;
 mod races;

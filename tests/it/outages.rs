@@ -1,0 +1,222 @@
+//! Redis behind a loopback TCP proxy the test controls — refusing, or
+//! accepting and never answering: a pass ends within its timeouts, nothing
+//! is half-applied (rows, ledger and queue agree), the error is counted,
+//! and once Redis answers again the rows are requeued exactly once; the
+//! daemon keeps running through it and recovers by itself.
+
+use crate::sql_sweeps::{config, Backend, Ts};
+use crate::support::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+const PASS: u8 = 0;
+const REFUSE: u8 = 1;
+const STALL: u8 = 2;
+
+/// A proxy to Redis on a port of its own; `mode` decides what new
+/// connections get.
+struct Proxy {
+    port: u16,
+    mode: Arc<AtomicU8>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let m = mode.clone();
+        let target = redis_url()
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                match m.load(Ordering::SeqCst) {
+                    REFUSE => drop(client),
+                    STALL => held.push(client),
+                    _ => {
+                        let target = target.clone();
+                        tokio::spawn(async move {
+                            if let Ok(mut server) = TcpStream::connect(&target).await {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Proxy { port, mode }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+async fn llen(r: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("LLEN").arg(key).query_async(r).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_refusing_redis_changes_nothing_and_recovers_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ns = unique("outage");
+    let mut r = redis().await;
+    let proxy = Proxy::start().await;
+    let text = std::fs::read_to_string(config(&b, dir.path(), &ns, 5))
+        .unwrap()
+        .replacen(&redis_url(), &proxy.url(), 1);
+    let cfg = write(dir.path(), "outage.yaml", &text);
+    let key = format!("{ns}:queue:notify");
+
+    for mode in [STALL, REFUSE] {
+        proxy.set(mode);
+        let started = Instant::now();
+        let report = tokio::task::spawn_blocking({
+            let cfg = cfg.clone();
+            move || once_json(&cfg, 1)
+        })
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(30),
+            "mode {mode}: the pass took {took:?}"
+        );
+        let s = sweep_json(&report, "notifications");
+        assert_eq!(s["outcomes"]["failed"], 3, "mode {mode}: {s:#}");
+        assert_eq!(s["outcomes"]["applied"].get("requeue"), None, "{s:#}");
+        assert_eq!(s["errors"][0]["stage"], "enqueue", "{s:#}");
+        // Nothing half-applied: no job, no ledger entry, pending rows as
+        // they were (the sending rows settled from the log are another
+        // matter, and marked only once).
+        assert_eq!(llen(&mut r, &key).await, 0);
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", b.ledger))
+            .fetch_one(&b.pool)
+            .await
+            .unwrap_or_else(|e| panic!("the ledger exists after a failed push: {e}"));
+        assert_eq!(n, 0, "mode {mode}: nothing recorded as requeued");
+        for id in [2, 3, 10] {
+            assert_eq!(b.state(id).await, "pending");
+        }
+    }
+
+    // Redis answers again: each row requeued exactly once.
+    proxy.set(PASS);
+    let report = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || once_json(&cfg, 0)
+    })
+    .await
+    .unwrap();
+    let s = sweep_json(&report, "notifications");
+    assert_eq!(s["outcomes"]["applied"]["requeue"], 3, "{s:#}");
+    assert_eq!(llen(&mut r, &key).await, 3);
+    let again = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || once_json(&cfg, 0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sweep_json(&again, "notifications")["outcomes"]["applied"].get("requeue"),
+        None
+    );
+    assert_eq!(llen(&mut r, &key).await, 3, "no duplicate");
+    redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
+}
+
+fn metrics(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut t = String::new();
+    s.read_to_string(&mut t).ok()?;
+    Some(t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_rides_out_a_redis_outage_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ns = unique("outage_run");
+    let mut r = redis().await;
+    let proxy = Proxy::start().await;
+    proxy.set(REFUSE);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(config(&b, dir.path(), &ns, 5))
+        .unwrap()
+        .replacen(&redis_url(), &proxy.url(), 1);
+    let text = format!("metrics: {{listen: \"127.0.0.1:{port}\"}}\n{text}").replacen(
+        "    timestamp_column: updated_at\n",
+        "    timestamp_column: updated_at\n    every: 1s\n",
+        1,
+    );
+    let cfg = write(dir.path(), "run.yaml", &text);
+    let mut d = Guarded(
+        sweeper()
+            .args(["run", "-c", cfg.to_str().unwrap(), "--initial-delay", "0s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let key = format!("{ns}:queue:notify");
+    let wait = |what: &str, f: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let enqueue_errors = "sweeper_errors_total{stage=\"enqueue\",sweep=\"notifications\"}";
+    wait("a failed push counted", &mut || {
+        metrics(port).is_some_and(|m| {
+            m.lines()
+                .any(|l| l.starts_with(enqueue_errors) && !l.ends_with(" 0"))
+        })
+    });
+    assert!(d.try_wait().unwrap().is_none(), "the daemon keeps running");
+    assert_eq!(llen(&mut r, &key).await, 0);
+    proxy.set(PASS);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while llen(&mut r, &key).await < 3 {
+        assert!(Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few more passes: still exactly once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(llen(&mut r, &key).await, 3);
+    assert!(d.try_wait().unwrap().is_none(), "the daemon keeps running");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &d.id().to_string()])
+        .status();
+    let _ = d.wait();
+    redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
+}
