@@ -3,6 +3,7 @@
 //! with instructions, it is never skipped.
 
 mod activejob;
+mod bad_input;
 mod config_errors;
 mod daemon;
 mod evidence_fixtures;
