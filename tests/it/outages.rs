@@ -4,6 +4,7 @@
 //! and once Redis answers again the rows are requeued exactly once; the
 //! daemon keeps running through it and recovers by itself.
 
+use crate::queues::{amqp, declare, drain};
 use crate::sql_sweeps::{config, Backend, Ts};
 use crate::support::*;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -23,17 +24,23 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy to Redis.
     async fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mode = Arc::new(AtomicU8::new(PASS));
-        let m = mode.clone();
         let target = redis_url()
             .trim_start_matches("redis://")
             .split('/')
             .next()
             .unwrap()
             .to_string();
+        Proxy::to(target).await
+    }
+
+    /// A proxy to `target` (`host:port`).
+    async fn to(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let m = mode.clone();
         tokio::spawn(async move {
             let mut held = Vec::new();
             loop {
@@ -218,5 +225,67 @@ async fn the_daemon_rides_out_a_redis_outage_and_recovers_by_itself() {
         .status();
     let _ = d.wait();
     redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_refusing_rabbitmq_changes_nothing_and_recovers_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ch = amqp().await;
+    let q = unique("sweeper_outage");
+    declare(&ch, &q, Default::default()).await;
+    let proxy = Proxy::to("127.0.0.1:5672".into()).await;
+    let text = std::fs::read_to_string(config(&b, dir.path(), "unused", 5))
+        .unwrap()
+        .replacen(
+            &format!(
+                "kind: resque\n    redis: \"{}\"\n    namespace: unused",
+                redis_url()
+            ),
+            &format!(
+                "kind: amqp\n    url: amqp://guest:guest@127.0.0.1:{}/%2f\n    confirm_timeout: 3s",
+                proxy.port
+            ),
+            1,
+        )
+        .replacen("job: {queue: notify,", &format!("job: {{queue: {q},"), 1);
+    assert!(text.contains("kind: amqp"), "{text}");
+    let cfg = write(dir.path(), "amqp-outage.yaml", &text);
+    let once = |code: i32| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || once_json(&cfg, code))
+    };
+    for mode in [STALL, REFUSE] {
+        proxy.set(mode);
+        let started = Instant::now();
+        let report = once(1).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(30), "mode {mode}");
+        let s = sweep_json(&report, "notifications");
+        assert_eq!(s["outcomes"]["failed"], 3, "mode {mode}: {s:#}");
+        assert_eq!(s["errors"][0]["stage"], "enqueue", "{s:#}");
+        assert!(
+            drain(&ch, &q).await.is_empty(),
+            "mode {mode}: nothing published"
+        );
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", b.ledger))
+            .fetch_one(&b.pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "mode {mode}: nothing recorded as requeued");
+    }
+    proxy.set(PASS);
+    let s = once(0).await.unwrap();
+    assert_eq!(
+        sweep_json(&s, "notifications")["outcomes"]["applied"]["requeue"],
+        3
+    );
+    assert_eq!(drain(&ch, &q).await.len(), 3);
+    let again = once(0).await.unwrap();
+    assert_eq!(
+        sweep_json(&again, "notifications")["outcomes"]["applied"].get("requeue"),
+        None
+    );
+    assert!(drain(&ch, &q).await.is_empty(), "no duplicate");
     b.cleanup().await;
 }

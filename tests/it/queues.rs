@@ -313,7 +313,7 @@ async fn storm_brake_holds_all_requeues_and_says_why() {
     b.cleanup().await;
 }
 
-async fn amqp() -> lapin::Channel {
+pub async fn amqp() -> lapin::Channel {
     let conn = lapin::Connection::connect(
         "amqp://guest:guest@127.0.0.1:5672/%2f",
         lapin::ConnectionProperties::default(),
@@ -325,7 +325,7 @@ async fn amqp() -> lapin::Channel {
     conn.create_channel().await.unwrap()
 }
 
-async fn declare(ch: &lapin::Channel, name: &str, args: lapin::types::FieldTable) {
+pub async fn declare(ch: &lapin::Channel, name: &str, args: lapin::types::FieldTable) {
     ch.queue_declare(
         name.into(),
         lapin::options::QueueDeclareOptions {
@@ -339,7 +339,7 @@ async fn declare(ch: &lapin::Channel, name: &str, args: lapin::types::FieldTable
 }
 
 /// Drain a queue with basic.get (a real consumer, acking each message).
-async fn drain(ch: &lapin::Channel, name: &str) -> Vec<lapin::message::BasicGetMessage> {
+pub async fn drain(ch: &lapin::Channel, name: &str) -> Vec<lapin::message::BasicGetMessage> {
     let mut out = Vec::new();
     loop {
         let m = ch
