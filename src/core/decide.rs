@@ -906,18 +906,62 @@ mod tests {
     fn storm_brake_lets_evidence_backed_marks_through() {
         let mut rules = rules();
         rules.limits.hold_above = Some(1);
-        let rows = vec![row(RowState::Sending, -HOUR)];
+        rules.sending.as_mut().unwrap().on_no_evidence = GiveUpPolicy::Error;
+        let brakes = Brakes {
+            stale_rows: 100,
+            workers_alive: Some(false),
+        };
+        // (evidence, row age, what passes the storm and no-workers brakes)
+        let table = [
+            (
+                Verdict::Delivered,
+                -HOUR,
+                Action::MarkSent,
+                Reason::Delivered,
+            ),
+            (
+                failed(FailReason::Bounced),
+                -HOUR,
+                Action::MarkError,
+                Reason::Bounced,
+            ),
+            (
+                failed(FailReason::Expired),
+                -HOUR,
+                Action::MarkError,
+                Reason::Expired,
+            ),
+            // Not backed by a record: a give-up is held.
+            (Verdict::NotFound, -30 * HOUR, Action::Hold, Reason::Storm),
+        ];
+        for (verdict, age, action, reason) in table {
+            let rows = vec![row(RowState::Sending, age)];
+            let ev = [sv(verdict.clone())];
+            let ds = plan_all(&rules, &rows, &ev, brakes);
+            assert_eq!(
+                (ds[0].action, ds[0].reason),
+                (action, reason),
+                "{verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_actions_caps_marks_too() {
+        let mut rules = rules();
+        rules.limits.max_actions = 2;
+        let rows: Vec<StuckRow> = (0..5)
+            .map(|i| {
+                let mut r = row(RowState::Sending, -HOUR);
+                r.key = i.to_string();
+                r
+            })
+            .collect();
         let ev = [sv(Verdict::Delivered)];
-        let ds = plan_all(
-            &rules,
-            &rows,
-            &ev,
-            Brakes {
-                stale_rows: 100,
-                workers_alive: Some(false),
-            },
-        );
-        assert_eq!(ds[0].action, Action::MarkSent);
+        let ds = plan_all(&rules, &rows, &ev, Brakes::default());
+        let marks = ds.iter().filter(|d| d.action == Action::MarkSent).count();
+        let held = ds.iter().filter(|d| d.reason == Reason::MaxActions).count();
+        assert_eq!((marks, held), (2, 3));
     }
 
     #[test]

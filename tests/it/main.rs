@@ -7,6 +7,7 @@ mod bad_input;
 mod config_errors;
 mod daemon;
 mod evidence_fixtures;
+mod guards;
 mod init;
 mod ops;
 mod outages;
