@@ -38,7 +38,7 @@ async fn main() {
     let resque = QueueConfig {
         name: "resque".into(),
         kind: QueueKind::Resque(ResqueConfig {
-            redis: redis_url.clone(),
+            redis: sweeper::config::SecretUrl::new(redis_url.clone()),
             namespace: ns.clone(),
             presence: Some(PresenceConfig { max_entries: jobs }),
             require_workers: false,
@@ -48,7 +48,7 @@ async fn main() {
     let sidekiq = QueueConfig {
         name: "sidekiq".into(),
         kind: QueueKind::Sidekiq(SidekiqConfig {
-            redis: redis_url.clone(),
+            redis: sweeper::config::SecretUrl::new(redis_url.clone()),
             namespace: Some(ns.clone()),
             retry: serde_json::Value::Bool(true),
             job_fields: Default::default(),

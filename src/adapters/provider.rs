@@ -8,7 +8,7 @@
 //! answers nothing more this pass (its rows get no verdict, never a guess).
 //! Does not own: what payloads mean (core::evidence::provider).
 
-use crate::config::{ProviderApi, ProviderConfig};
+use crate::config::{ProviderApi, ProviderConfig, Secret};
 use crate::core::evidence::provider::{self, EventKind, ProviderEvent};
 use crate::core::evidence::{normalize_key, TraceStore};
 use crate::core::model::Timestamp;
@@ -45,11 +45,13 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Follow at most this many `paging.next` links per query.
 const MAX_PAGES: usize = 200;
 
+/// How a source authenticates; the secret parts stay `Secret`s until the
+/// request is built.
 enum Auth {
-    Basic(String, String),
-    Bearer(String),
-    Header(&'static str, String),
-    Headers(Vec<(String, String)>),
+    Basic(String, Secret),
+    Bearer(Secret),
+    Header(&'static str, Secret),
+    Headers(Vec<(String, Secret)>),
 }
 
 struct Client {
@@ -164,10 +166,10 @@ impl Client {
             self.requests.fetch_add(1, Ordering::Relaxed);
             let mut req = self.http.get(url).header("Accept", "application/json");
             req = match &self.auth {
-                Auth::Basic(u, p) => req.basic_auth(u, Some(p)),
-                Auth::Bearer(t) => req.bearer_auth(t),
-                Auth::Header(k, v) => req.header(*k, v),
-                Auth::Headers(hs) => hs.iter().fold(req, |r, (k, v)| r.header(k, v)),
+                Auth::Basic(u, p) => req.basic_auth(u, Some(p.expose())),
+                Auth::Bearer(t) => req.bearer_auth(t.expose()),
+                Auth::Header(k, v) => req.header(*k, v.expose()),
+                Auth::Headers(hs) => hs.iter().fold(req, |r, (k, v)| r.header(k, v.expose())),
             };
             let (retry, wait, why) = match req.send().await {
                 Ok(resp) => {

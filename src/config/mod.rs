@@ -86,6 +86,61 @@ impl DatabaseConfig {
     }
 }
 
+/// A value that must never be printed (an API key, a token, a header's
+/// value): `Debug` and `Display` show `***`; `expose` is for the one place
+/// that sends it.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A URL that may hold a password: `Debug` and `Display` show it with the
+/// password replaced (`redact_url`); `expose` is for connecting.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(s: impl Into<String>) -> SecretUrl {
+        SecretUrl(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
 /// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
@@ -145,7 +200,7 @@ pub struct PresenceConfig {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResqueConfig {
-    pub redis: String,
+    pub redis: SecretUrl,
     pub namespace: String,
     pub presence: Option<PresenceConfig>,
     pub require_workers: bool,
@@ -155,7 +210,7 @@ pub struct ResqueConfig {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SidekiqConfig {
-    pub redis: String,
+    pub redis: SecretUrl,
     /// Key prefix as redis-namespace writes it (`ns:queue:x`); none by default.
     pub namespace: Option<String>,
     pub retry: serde_json::Value,
@@ -169,7 +224,7 @@ pub struct SidekiqConfig {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AmqpConfig {
-    pub url: String,
+    pub url: SecretUrl,
     pub exchange: String,
     /// Routing key template; `{queue}` is the job's queue.
     pub routing_key: String,
@@ -184,7 +239,8 @@ pub struct AmqpConfig {
 pub struct HttpQueueConfig {
     pub url: String,
     pub method: String,
-    pub headers: BTreeMap<String, String>,
+    /// Header name → value template (an `Authorization` value is a secret).
+    pub headers: BTreeMap<String, Secret>,
     pub body: serde_json::Value,
     pub timeout: Duration,
     pub max_retries: u32,
@@ -245,13 +301,13 @@ pub struct ProviderConfig {
 pub enum ProviderApi {
     Mailgun {
         domain: String,
-        api_key: String,
+        api_key: Secret,
     },
     Sendgrid {
-        api_key: String,
+        api_key: Secret,
     },
     Postmark {
-        token: String,
+        token: Secret,
         /// Find messages by this metadata field (the row's lookup value)
         /// instead of by Postmark's MessageID.
         metadata_key: Option<String>,
@@ -259,7 +315,7 @@ pub enum ProviderApi {
     /// `GET url` (template: `{key}` and `{column}`s of the row).
     Http {
         url: String,
-        headers: BTreeMap<String, String>,
+        headers: BTreeMap<String, Secret>,
         status: String,
         events: Option<String>,
         recipient: Option<String>,
@@ -603,6 +659,48 @@ mod tests {
     fn state_literals_escape_quotes() {
         assert_eq!(StateValue::Str("it's".into()).sql_literal(), "'it''s'");
         assert_eq!(StateValue::Int(-3).sql_literal(), "-3");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_display() {
+        let yaml = r#"databases:
+  app: {url: "postgres://u:DbSecret1@h/db"}
+queues:
+  r: {kind: resque, redis: "redis://:RedisSecret2@h:6379/0"}
+  a: {kind: amqp, url: "amqp://g:AmqpSecret3@h:5672/%2f"}
+  w: {kind: http, url: "http://h/jobs", headers: {Authorization: "Bearer HdrSecret4"}}
+evidence:
+  mg: {kind: mailgun, domain: d, api_key: MgSecret5}
+  pm: {kind: postmark, token: PmSecret6}
+  st: {kind: http, url: "http://h/{key}", headers: {X-Key: StSecret7}, status_pointer: /s, sent: [ok]}
+sweeps:
+  s:
+    database: app
+    table: t
+    key: id
+    state_column: state
+    timestamp_column: updated_at
+    pending: {after: 10m, queue: r, job: {queue: q, class: C}}
+"#;
+        let cfg = load_str(yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{cfg:?}");
+        for secret in [
+            "DbSecret1",
+            "RedisSecret2",
+            "AmqpSecret3",
+            "HdrSecret4",
+            "MgSecret5",
+            "PmSecret6",
+            "StSecret7",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("redis://:***@h:6379/0"), "{shown}");
+        assert_eq!(Secret::new("x").to_string(), "***");
+        assert_eq!(
+            SecretUrl::new("amqp://g:p@h/").to_string(),
+            "amqp://g:***@h/"
+        );
     }
 
     #[test]

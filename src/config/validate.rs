@@ -386,7 +386,7 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
                 Duration::from_secs(300),
             );
             QueueKind::Resque(ResqueConfig {
-                redis: redis?,
+                redis: SecretUrl::new(redis?),
                 namespace,
                 presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
                 require_workers: raw.require_workers.unwrap_or(false),
@@ -431,7 +431,7 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
             };
             QueueKind::Sidekiq(SidekiqConfig {
                 epoch_millis,
-                redis: redis?,
+                redis: SecretUrl::new(redis?),
                 namespace: raw.namespace,
                 retry,
                 job_fields,
@@ -475,7 +475,7 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
                 Duration::from_secs(10),
             );
             QueueKind::Amqp(AmqpConfig {
-                url: raw.url,
+                url: SecretUrl::new(raw.url),
                 exchange: raw.exchange.unwrap_or_default(),
                 routing_key,
                 headers,
@@ -519,7 +519,7 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
             QueueKind::Http(HttpQueueConfig {
                 url: raw.url,
                 method,
-                headers,
+                headers: secrets(headers),
                 body,
                 timeout: timeout?,
                 max_retries: raw.max_retries.unwrap_or(3),
@@ -889,11 +889,14 @@ fn provider_source(
             let api_key = required(p, "api_key", &raw.api_key);
             domain
                 .zip(api_key)
-                .map(|(domain, api_key)| ProviderApi::Mailgun { domain, api_key })
+                .map(|(domain, api_key)| ProviderApi::Mailgun {
+                    domain,
+                    api_key: Secret::new(api_key),
+                })
         }
-        "sendgrid" => {
-            required(p, "api_key", &raw.api_key).map(|api_key| ProviderApi::Sendgrid { api_key })
-        }
+        "sendgrid" => required(p, "api_key", &raw.api_key).map(|api_key| ProviderApi::Sendgrid {
+            api_key: Secret::new(api_key),
+        }),
         "postmark" => {
             let metadata_key = raw.metadata_key.clone();
             if let Some(k) = &metadata_key {
@@ -908,7 +911,7 @@ fn provider_source(
                 }
             }
             required(p, "token", &raw.token).map(|token| ProviderApi::Postmark {
-                token,
+                token: Secret::new(token),
                 metadata_key,
             })
         }
@@ -1024,7 +1027,7 @@ fn http_status_api(
     }
     url.zip(status).map(|(url, status)| ProviderApi::Http {
         url,
-        headers: raw.headers.clone().unwrap_or_default(),
+        headers: secrets(raw.headers.clone().unwrap_or_default()),
         status,
         events,
         recipient,
@@ -1249,6 +1252,14 @@ fn job_args(
         kwargs,
     };
     (ok.then_some(columns), Some(fmt))
+}
+
+/// Header values, which may carry credentials.
+fn secrets(headers: BTreeMap<String, String>) -> BTreeMap<String, Secret> {
+    headers
+        .into_iter()
+        .map(|(k, v)| (k, Secret::new(v)))
+        .collect()
 }
 
 /// `Foo`, `Foo::Bar_2`: a Ruby constant path.

@@ -43,10 +43,10 @@ pub fn message(cfg: &AmqpConfig, f: &JobFields<'_>) -> (String, Vec<u8>, Vec<(St
 
 impl Amqp {
     pub async fn connect(name: &str, cfg: &AmqpConfig) -> Result<Amqp, QueueError> {
-        let url = crate::config::redact_url(&cfg.url);
+        let url = cfg.url.to_string();
         let conn = tokio::time::timeout(
             cfg.confirm_timeout,
-            Connection::connect(&cfg.url, ConnectionProperties::default()),
+            Connection::connect(cfg.url.expose(), ConnectionProperties::default()),
         )
         .await
         .map_err(|_| amqp_err(name, &format!("connecting to {url}"), "timed out"))?
@@ -142,9 +142,7 @@ impl Amqp {
         }
         Ok(format!(
             "amqp at {} (exchange {:?}, routing key {:?}, publisher confirms on)",
-            crate::config::redact_url(&self.cfg.url),
-            self.cfg.exchange,
-            self.cfg.routing_key
+            self.cfg.url, self.cfg.exchange, self.cfg.routing_key
         ))
     }
 }

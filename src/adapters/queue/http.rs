@@ -69,7 +69,7 @@ impl HttpQueue {
                 .header("Idempotency-Key", &key)
                 .json(&body);
             for (k, v) in &self.cfg.headers {
-                req = req.header(k, render_str(v, &f));
+                req = req.header(k, render_str(v.expose(), &f));
             }
             let (retryable, wait, why) = match req.send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(()),

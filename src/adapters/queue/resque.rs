@@ -47,7 +47,7 @@ impl Resque {
         Ok(Resque {
             name: name.to_string(),
             cfg: cfg.clone(),
-            conn: redis_connect(name, &cfg.redis).await?,
+            conn: redis_connect(name, cfg.redis.expose()).await?,
         })
     }
 
@@ -185,7 +185,7 @@ impl Resque {
             .map_err(self.err("listing queues"))?;
         Ok(format!(
             "resque at {} (namespace {}, {} known queue(s))",
-            crate::config::redact_url(&self.cfg.redis),
+            self.cfg.redis,
             self.cfg.namespace,
             queues.len()
         ))

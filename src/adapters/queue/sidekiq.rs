@@ -75,7 +75,7 @@ impl Sidekiq {
         Ok(Sidekiq {
             name: name.to_string(),
             cfg: cfg.clone(),
-            conn: redis_connect(name, &cfg.redis).await?,
+            conn: redis_connect(name, cfg.redis.expose()).await?,
         })
     }
 
@@ -217,7 +217,7 @@ impl Sidekiq {
             .map_err(self.err("listing processes"))?;
         Ok(format!(
             "sidekiq at {} ({} registered process(es))",
-            crate::config::redact_url(&self.cfg.redis),
+            self.cfg.redis,
             processes.len()
         ))
     }
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn payload_has_sidekiq_fields_in_order() {
         let cfg = SidekiqConfig {
-            redis: "redis://x".into(),
+            redis: crate::config::SecretUrl::new("redis://x"),
             namespace: None,
             retry: json!(3),
             job_fields: [("tags".to_string(), json!(["sweeper"]))].into(),
