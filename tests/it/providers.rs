@@ -959,3 +959,59 @@ async fn a_provider_failure_is_charged_only_to_the_sweep_whose_keys_failed() {
     good.cleanup().await;
     bad.cleanup().await;
 }
+
+/// Responses that are huge, cut off, or the wrong shape: the huge one is
+/// read, the others leave their rows waiting with a clear error, and
+/// nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_truncated_and_misshapen_responses_are_survived() {
+    let replay = Replay::start(Arc::new(|pq: &str, _h: &HeaderMap, _| {
+        if pq.contains("huge1") {
+            let padding = "x".repeat(8 << 20);
+            ok(json!({"state": {"name": "delivered"}, "padding": padding}).to_string())
+        } else if pq.contains("cut1") {
+            ok("{\"state\": {\"name\": \"deliv".into())
+        } else {
+            ok("[1, 2, 3]".into())
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let lookups = [
+        ("1001", "<huge1@x>"),
+        ("1002", "<cut1@x>"),
+        ("1003", "<shape1@x>"),
+    ];
+    let b = app_rows(dir.path(), &lookups, Some("2024-05-14 10:00:00"), 0).await;
+    let source = format!(
+        "  provider:\n    kind: http\n    url: \"{}/status/{{key}}\"\n    status_pointer: /state/name\n    sent: [delivered]\n    failed: [hard_bounce]\n    retries: 0\n",
+        replay.base()
+    );
+    let cfg = provider_config(&b, dir.path(), &source, "");
+    let report = run_json(
+        &["report", "-c", cfg.to_str().unwrap(), "--format", "json"],
+        1,
+    );
+    let got: std::collections::BTreeMap<String, (String, String)> =
+        sweep_json(&report, "notifications")["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["key"].as_str().unwrap().to_string(),
+                    (
+                        r["decision"].as_str().unwrap().to_string(),
+                        r["reason"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect();
+    assert_eq!(
+        got["1001"],
+        ("mark_sent".to_string(), "delivered".to_string())
+    );
+    assert_eq!(got["1002"].1, "evidence_unavailable", "{report:#}");
+    assert_eq!(got["1003"].1, "evidence_unavailable", "{report:#}");
+    b.cleanup().await;
+}

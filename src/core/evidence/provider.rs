@@ -388,6 +388,12 @@ pub fn generic(
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         }) else {
+            // One document answering about the key must say something: a
+            // document without its status proves nothing (never absence).
+            // In an event list, events of other kinds carry none.
+            if events.is_none() {
+                return Err(format!("no status at {status} in the response"));
+            }
             continue;
         };
         let kind = match map.classify(&st) {
@@ -550,6 +556,18 @@ mod tests {
             [EventKind::Deferred, EventKind::Bounced]
         );
         assert!(generic(&json!({"x": 1}), "k", Some("/events"), "/s", None, &map).is_err());
+        // One document without its status proves nothing: an error, not
+        // "no events" (which would read as absence).
+        for doc in [
+            json!([1, 2, 3]),
+            json!({"state": {}}),
+            json!({"state": {"name": null}}),
+        ] {
+            assert!(
+                generic(&doc, "k", None, "/state/name", None, &map).is_err(),
+                "{doc}"
+            );
+        }
     }
 
     #[test]
