@@ -137,3 +137,46 @@ fn garbage_in_logs_and_columns_is_survived_and_a_corrupt_rotation_decides_nothin
     let s = sweep_json(&report, "c");
     assert_eq!(s["outcomes"]["applied"]["mark_sent"], 1, "{s:#}");
 }
+
+/// A log file that disappears between being listed and being read (deleted
+/// or rotated away mid-scan) makes the scan fail, naming the file: it is
+/// never read as "nothing logged".
+#[test]
+fn a_log_deleted_or_rotated_away_mid_scan_is_an_error_naming_it() {
+    use sweeper::adapters::logfile;
+    use sweeper::core::evidence::{KeyFilter, TraceStore};
+    let dir = tempfile::tempdir().unwrap();
+    let at = (chrono::Utc::now() - chrono::TimeDelta::minutes(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let line = |q: &str, id: &str| {
+        format!(
+            "{at} mail postfix/cleanup[1]: {q}: message-id=<{id}>\n\
+             {at} mail postfix/smtp[3]: {q}: to=<u@d.example>, relay=mx[192.0.2.1]:25, delay=0.2, delays=0/0/0.1/0.1, dsn=2.0.0, status=sent (250 ok)\n\
+             {at} mail postfix/qmgr[2]: {q}: removed\n"
+        )
+    };
+    std::fs::write(dir.path().join("mail.log.1"), line("AAAA000001", "old@x")).unwrap();
+    std::fs::write(dir.path().join("mail.log"), line("AAAA000002", "new@x")).unwrap();
+    let yaml = format!(
+        "databases: {{app: {{url: \"sqlite::memory:\"}}}}\nqueues: {{q: {{kind: jsonl, path: /dev/null}}}}\n\
+         evidence: {{postfix: {{kind: log, format: postfix, paths: [\"{}/mail.log*\"]}}}}\n\
+         sweeps: {{s: {{database: app, table: t, key: id, state_column: state, timestamp_column: updated_at, \
+         pending: {{after: 10m, queue: q, job: {{queue: q, class: C}}}}}}}}\n",
+        dir.path().display()
+    );
+    let cfg = sweeper::config::load_str(&yaml, "t.yaml", &|_| None).unwrap();
+    let sweeper::config::EvidenceKind::Log(lcfg) = &cfg.evidence["postfix"].kind else {
+        panic!("a log source")
+    };
+    let now = chrono::Utc::now();
+    let files = logfile::resolve("postfix", &lcfg.paths).unwrap();
+    assert_eq!(files.len(), 2);
+    // Rotated away between listing and reading.
+    std::fs::remove_file(dir.path().join("mail.log.1")).unwrap();
+    let mut parser = logfile::parser_for(lcfg, KeyFilter::All, now);
+    let mut store = TraceStore::new(false);
+    let err = logfile::scan_files("postfix", &files, parser.as_mut(), &mut store)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mail.log.1"), "{err}");
+}
