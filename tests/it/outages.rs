@@ -527,3 +527,173 @@ async fn redis_cut_mid_push_duplicates_at_most_the_page_in_hand() {
     redis_clear(&mut r, &ns).await;
     b.cleanup().await;
 }
+
+/// RabbitMQ cut mid-stream (then refusing) while a pass publishes 2,000
+/// jobs in pages of 20 with publisher confirms: at most the page in hand
+/// is published without being recorded; the next pass publishes every
+/// other row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_cut_mid_publish_duplicates_at_most_the_page_in_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    b.exec(&format!(
+        "INSERT INTO {} SELECT g, g, 'pending', now() - interval '1 hour', NULL FROM generate_series(1000, 2999) g",
+        b.table
+    ))
+    .await;
+    let ch = amqp().await;
+    let q = unique("sweeper_cut");
+    declare(&ch, &q, Default::default()).await;
+    let proxy = Proxy::to("127.0.0.1:5672".into()).await;
+    let text = std::fs::read_to_string(config(&b, dir.path(), "unused", 5))
+        .unwrap()
+        .replacen(
+            &format!(
+                "kind: resque\n    redis: \"{}\"\n    namespace: unused",
+                redis_url()
+            ),
+            &format!(
+                "kind: amqp\n    url: amqp://guest:guest@127.0.0.1:{}/%2f\n    confirm_timeout: 3s",
+                proxy.port
+            ),
+            1,
+        )
+        .replacen("job: {queue: notify,", &format!("job: {{queue: {q},"), 1)
+        .replacen(
+            "      max_attempts: 5\n",
+            "      max_attempts: 5\n    limits: {batch_size: 20, max_actions: 100000}\n",
+            1,
+        );
+    let cfg = write(dir.path(), "amqp-cut.yaml", &text);
+    let run = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || {
+            run_json(
+                &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
+                1,
+            )
+        }
+    });
+    // Cut once a few hundred rows are recorded as requeued.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", b.ledger))
+            .fetch_one(&b.pool)
+            .await
+            .unwrap_or(0);
+        if n >= 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pass never got going");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    proxy.set(REFUSE);
+    proxy.cut.notify_waiters();
+    let report = run.await.unwrap();
+    let s = sweep_json(&report, "notifications");
+    assert_eq!(s["errors"][0]["stage"], "enqueue", "{s:#}");
+    let ledger: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", b.ledger))
+        .fetch_one(&b.pool)
+        .await
+        .unwrap();
+    let first: Vec<i64> = drain(&ch, &q)
+        .await
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
+            v["args"][1].as_i64().unwrap()
+        })
+        .collect();
+    let published = first.len() as i64;
+    assert!(
+        (0..=20).contains(&(published - ledger)),
+        "published {published}, recorded {ledger}"
+    );
+    proxy.set(PASS);
+    let again = run_json(
+        &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
+        0,
+    );
+    assert!(sweep_json(&again, "notifications")["errors"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let mut ids: Vec<i64> = first;
+    ids.extend(drain(&ch, &q).await.iter().map(|m| {
+        let v: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
+        v["args"][1].as_i64().unwrap()
+    }));
+    ids.sort_unstable();
+    let total = ids.len() as i64;
+    ids.dedup();
+    assert_eq!(ids.len(), 2003, "every stale row published");
+    assert!(total - 2003 <= 20, "{} duplicates", total - 2003);
+    b.cleanup().await;
+}
+
+/// The daemon through a Postgres outage: passes fail (counted), the daemon
+/// keeps serving, and once Postgres is back it requeues the rows — once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_rides_out_a_postgres_outage_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let ns = unique("pg_down");
+    let mut r = redis().await;
+    let proxy = CutProxy::start().await;
+    proxy.down.store(true, Ordering::SeqCst);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(config(&b, dir.path(), &ns, 5))
+        .unwrap()
+        .replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port), 1);
+    let text = format!("metrics: {{listen: \"127.0.0.1:{port}\"}}\n{text}").replacen(
+        "    timestamp_column: updated_at\n",
+        "    timestamp_column: updated_at\n    every: 1s\n",
+        1,
+    );
+    let cfg = write(dir.path(), "run.yaml", &text);
+    let mut d = Guarded(
+        sweeper()
+            .args(["run", "-c", cfg.to_str().unwrap(), "--initial-delay", "0s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let key = format!("{ns}:queue:notify");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let failing = metrics(port).is_some_and(|m| {
+            m.lines().any(|l| {
+                l.starts_with("sweeper_errors_total{stage=\"fetch\",sweep=\"notifications\"}")
+                    && !l.ends_with(" 0")
+            })
+        });
+        if failing {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed pass counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = metrics(port).expect("still serving /metrics");
+    assert!(body.contains("sweeper_build_info"), "still serving");
+    assert!(d.try_wait().unwrap().is_none(), "the daemon keeps running");
+    proxy.down.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while llen(&mut r, &key).await < 3 {
+        assert!(Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(llen(&mut r, &key).await, 3, "exactly once");
+    assert!(d.try_wait().unwrap().is_none());
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &d.id().to_string()])
+        .status();
+    let _ = d.wait();
+    redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
+}
