@@ -384,14 +384,17 @@ async fn run_exports_true_counts_reloads_and_stops_cleanly() {
     // A valid config reloads (here: the same sweep under a new name).
     std::fs::write(&cfg, cfg_text.replace("  notifications:\n", "  renamed:\n")).unwrap();
     signal(&child, "HUP");
-    let m = wait_for("successful reload", Duration::from_secs(10), || {
+    let m = wait_for("successful reload", Duration::from_secs(30), || {
         let m = parse_metrics(&get(port, "/metrics")?.1);
-        (m.get("sweeper_config_reloads_total{result=\"success\"}")
-            .copied()?
-            == 1.0)
-            .then_some(m)
+        let done = m.get("sweeper_config_reloads_total{result=\"success\"}") == Some(&1.0)
+            && m.get("sweeper_config_last_reload_successful") == Some(&1.0);
+        done.then_some(m)
     });
-    assert_eq!(metric(&m, "sweeper_config_last_reload_successful"), 1.0);
+    assert_eq!(
+        metric(&m, "sweeper_config_reloads_total{result=\"error\"}"),
+        1.0,
+        "no other reload happened"
+    );
     assert!(m.contains_key(&canon(
         "sweeper_stuck_rows{sweep=\"renamed\",state=\"pending\"}"
     )));
