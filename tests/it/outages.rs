@@ -346,11 +346,7 @@ impl CutProxy {
 async fn postgres_cut_mid_pass_leaves_nothing_half_applied() {
     let dir = tempfile::tempdir().unwrap();
     let b = Backend::new(Ts::PgTz, dir.path()).await;
-    b.exec(&format!(
-        "INSERT INTO {} SELECT g, g, 'pending', now() - interval '1 hour', NULL FROM generate_series(1000, 2999) g",
-        b.table
-    ))
-    .await;
+    pile(&b).await;
     let ns = unique("pg_cut");
     let mut r = redis().await;
     let proxy = CutProxy::start().await;
@@ -412,32 +408,8 @@ async fn postgres_cut_mid_pass_leaves_nothing_half_applied() {
     let requeued = s["outcomes"]["applied"]["requeue"].as_i64().unwrap_or(0);
     let total = llen(&mut r, &key).await;
     assert_eq!(total, pushed + requeued);
-    let jobs: Vec<String> = redis::cmd("LRANGE")
-        .arg(&key)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let mut ids: Vec<i64> = jobs
-        .iter()
-        .map(|j| {
-            let v: serde_json::Value = serde_json::from_str(j).unwrap();
-            v["args"][1].as_i64().unwrap()
-        })
-        .collect();
-    ids.sort_unstable();
-    let distinct = {
-        let mut d = ids.clone();
-        d.dedup();
-        d.len() as i64
-    };
-    assert_eq!(distinct, 2003, "every stale row requeued");
-    assert!(
-        total - distinct <= 20,
-        "duplicates only within the documented window: {} extra",
-        total - distinct
-    );
+    let ids = queued_ids(&mut r, &key).await;
+    each_row_once(ids);
     redis_clear(&mut r, &ns).await;
     b.cleanup().await;
 }
@@ -450,11 +422,7 @@ async fn postgres_cut_mid_pass_leaves_nothing_half_applied() {
 async fn redis_cut_mid_push_duplicates_at_most_the_page_in_hand() {
     let dir = tempfile::tempdir().unwrap();
     let b = Backend::new(Ts::PgTz, dir.path()).await;
-    b.exec(&format!(
-        "INSERT INTO {} SELECT g, g, 'pending', now() - interval '1 hour', NULL FROM generate_series(1000, 2999) g",
-        b.table
-    ))
-    .await;
+    pile(&b).await;
     let ns = unique("redis_cut");
     let mut r = redis().await;
     let proxy = Proxy::start().await;
@@ -505,25 +473,8 @@ async fn redis_cut_mid_push_duplicates_at_most_the_page_in_hand() {
         .as_array()
         .unwrap()
         .is_empty());
-    let jobs: Vec<String> = redis::cmd("LRANGE")
-        .arg(&key)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let mut ids: Vec<i64> = jobs
-        .iter()
-        .map(|j| {
-            let v: serde_json::Value = serde_json::from_str(j).unwrap();
-            v["args"][1].as_i64().unwrap()
-        })
-        .collect();
-    ids.sort_unstable();
-    let total = ids.len() as i64;
-    ids.dedup();
-    assert_eq!(ids.len(), 2003, "every stale row requeued");
-    assert!(total - 2003 <= 20, "{} duplicates", total - 2003);
+    let ids = queued_ids(&mut r, &key).await;
+    each_row_once(ids);
     redis_clear(&mut r, &ns).await;
     b.cleanup().await;
 }
@@ -536,11 +487,7 @@ async fn redis_cut_mid_push_duplicates_at_most_the_page_in_hand() {
 async fn rabbitmq_cut_mid_publish_duplicates_at_most_the_page_in_hand() {
     let dir = tempfile::tempdir().unwrap();
     let b = Backend::new(Ts::PgTz, dir.path()).await;
-    b.exec(&format!(
-        "INSERT INTO {} SELECT g, g, 'pending', now() - interval '1 hour', NULL FROM generate_series(1000, 2999) g",
-        b.table
-    ))
-    .await;
+    pile(&b).await;
     let ch = amqp().await;
     let q = unique("sweeper_cut");
     declare(&ch, &q, Default::default()).await;
@@ -623,11 +570,7 @@ async fn rabbitmq_cut_mid_publish_duplicates_at_most_the_page_in_hand() {
         let v: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
         v["args"][1].as_i64().unwrap()
     }));
-    ids.sort_unstable();
-    let total = ids.len() as i64;
-    ids.dedup();
-    assert_eq!(ids.len(), 2003, "every stale row published");
-    assert!(total - 2003 <= 20, "{} duplicates", total - 2003);
+    each_row_once(ids);
     b.cleanup().await;
 }
 
@@ -696,4 +639,40 @@ async fn the_daemon_rides_out_a_postgres_outage_and_recovers_by_itself() {
     let _ = d.wait();
     redis_clear(&mut r, &ns).await;
     b.cleanup().await;
+}
+
+/// 2,000 more stale pending rows (3 more come with the base table).
+async fn pile(b: &Backend) {
+    b.exec(&format!(
+        "INSERT INTO {} SELECT g, g, 'pending', now() - interval '1 hour', NULL FROM generate_series(1000, 2999) g",
+        b.table
+    ))
+    .await;
+}
+
+/// Every one of the 2,003 stale rows' jobs is there, and duplicates stay
+/// within the documented window: the one page of 20 in hand at the fault.
+fn each_row_once(mut ids: Vec<i64>) {
+    ids.sort_unstable();
+    let total = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), 2003, "every stale row's job is there");
+    assert!(total - ids.len() <= 20, "{} duplicates", total - ids.len());
+}
+
+/// The row ids (second argument) of the jobs in a Resque list.
+async fn queued_ids(r: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<i64> {
+    let jobs: Vec<String> = redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(r)
+        .await
+        .unwrap();
+    jobs.iter()
+        .map(|j| {
+            let v: serde_json::Value = serde_json::from_str(j).unwrap();
+            v["args"][1].as_i64().unwrap()
+        })
+        .collect()
 }
