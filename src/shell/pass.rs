@@ -1112,28 +1112,30 @@ async fn walk_sweep(
     } else {
         None
     };
-    if let (Some(tails), Some(memo)) = (&tails, conns.memos.get(&sweep.name)) {
-        if memo.stale == ready.stale && memo.tails == *tails && memo.until.is_none_or(|u| now < u) {
-            run.report.decisions = memo.decisions.clone();
-            run.report.reasons = memo.reasons.clone();
-            run.report.evidence_expiring = memo.evidence_expiring;
-            if !opts.dry_run {
-                run.report.outcomes = Some(Outcomes::default());
-            }
-            if let Some(lock) = lock {
-                lock.release().await;
-            }
-            run.report.duration_seconds = started.elapsed().as_secs_f64();
-            return (
-                run.report,
-                SweepDetail {
-                    sweep: sweep.name.clone(),
-                    now: Some(now),
-                    rows: vec![],
-                    target: None,
-                },
-            );
+    if let Some(memo) = conns
+        .memos
+        .get(&sweep.name)
+        .filter(|m| tails.as_ref().is_some_and(|t| m.still_holds(&ready, t)))
+    {
+        run.report.decisions = memo.decisions.clone();
+        run.report.reasons = memo.reasons.clone();
+        run.report.evidence_expiring = memo.evidence_expiring;
+        if !opts.dry_run {
+            run.report.outcomes = Some(Outcomes::default());
         }
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        run.report.duration_seconds = started.elapsed().as_secs_f64();
+        return (
+            run.report,
+            SweepDetail {
+                sweep: sweep.name.clone(),
+                now: Some(now),
+                rows: vec![],
+                target: None,
+            },
+        );
     }
     let (presence, workers_alive) = if has_rows {
         queue_checks(cfg, conns, sweep, &mut run.report).await
@@ -1158,7 +1160,6 @@ async fn walk_sweep(
     } else {
         Some(false)
     };
-    let page_size = ready.table.batch_size.max(1) as usize;
     run.complete = ledger_exists.is_some();
     if let Some(ledger_exists) = ledger_exists.filter(|_| has_rows) {
         let walk = Walk {
@@ -1169,106 +1170,41 @@ async fn walk_sweep(
             opts,
             presence,
         };
-        'states: for state in BUDGET_ORDER {
+        for state in BUDGET_ORDER {
             let Some(cutoff) = ready.cutoffs.get(state) else {
                 continue;
             };
-            if single {
-                if let Some(row) = ready.target_in(state) {
-                    let ledger = if ledger_exists {
-                        match ready.db.ledger_get(&sweep.name, &[row.key.as_str()]).await {
-                            Ok(mut l) => l.remove(&row.key),
-                            Err(e) => {
-                                note(&mut run.report.errors, Stage::Ledger, &e.into());
-                                continue;
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    let mut work = settle_page(
-                        &walk,
-                        conns,
-                        vec![(row.clone(), ledger)],
-                        &mut planner,
-                        &mut run,
-                        lookups,
-                        sources,
-                        Some(&mut *asked),
-                    )
-                    .await;
-                    account(&mut work, &mut run, now, opts);
-                }
-                continue;
-            }
-            if ready.stale.get(state).count == 0 {
-                continue;
-            }
-            // The next page is read while this one is settled.
-            let fetch = |after: Option<StuckRow>| {
-                let db = ready.db.clone();
-                let table = ready.table.clone();
-                let sweep_name = sweep.name.clone();
-                tokio::spawn(async move {
-                    db.stale_page_with_ledger(
-                        &table,
-                        state,
-                        cutoff,
-                        after.as_ref(),
-                        &sweep_name,
-                        ledger_exists,
-                    )
-                    .await
-                })
-            };
-            let mut next = Some(fetch(None));
-            while let Some(pending_page) = next.take() {
-                if opts.stopping() && !opts.dry_run {
-                    pending_page.abort();
-                    run.complete = false;
-                    break 'states;
-                }
-                let waited = Instant::now();
-                let page = pending_page.await;
-                tracing::debug!(
-                    sweep = %sweep.name,
-                    state = %state,
-                    wait_ms = waited.elapsed().as_secs_f64() * 1e3,
-                    "page read"
-                );
-                let page = match page {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(e)) => {
-                        note(&mut run.report.errors, Stage::Fetch, &e.into());
-                        run.complete = false;
-                        break 'states;
-                    }
-                    Err(e) => {
-                        let fault = Fault::Source(format!("reading a page of rows failed: {e}"));
-                        note(&mut run.report.errors, Stage::Fetch, &fault);
-                        run.complete = false;
-                        break 'states;
-                    }
-                };
-                if page.len() >= page_size {
-                    next = page.last().map(|(r, _)| fetch(Some(r.clone())));
-                }
-                let page: Vec<(StuckRow, Option<LedgerEntry>)> = page
-                    .into_iter()
-                    .filter(|(r, _)| !run.moved_to_pending.contains(&r.key))
-                    .collect();
-                let mut work = settle_page(
+            let go_on = if single {
+                settle_target(
                     &walk,
                     conns,
-                    page,
+                    state,
+                    ledger_exists,
                     &mut planner,
                     &mut run,
                     lookups,
                     sources,
-                    None,
+                    asked,
                 )
                 .await;
-                account(&mut work, &mut run, now, opts);
+                true
+            } else {
+                walk_pages(
+                    &walk,
+                    conns,
+                    state,
+                    cutoff,
+                    ledger_exists,
+                    &mut planner,
+                    &mut run,
+                    lookups,
+                    sources,
+                )
+                .await
+            };
+            if !go_on {
+                run.complete = false;
+                break;
             }
         }
     }
@@ -1279,6 +1215,165 @@ async fn walk_sweep(
         }
         run.report.outcomes = Some(std::mem::take(&mut run.outcomes));
     }
+    remember(conns, sweep, &ready, tails, &run);
+    list_rows(&mut run, opts);
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    run.report.duration_seconds = started.elapsed().as_secs_f64();
+    let detail = SweepDetail {
+        sweep: sweep.name.clone(),
+        now: Some(now),
+        target: ready.target,
+        rows: run.detail_rows,
+    };
+    (run.report, detail)
+}
+
+impl Memo {
+    /// Whether a pass now would decide as the remembered one did: the same
+    /// stale rows, no new log bytes, and before the first instant time
+    /// alone changes a decision.
+    fn still_holds(&self, ready: &Ready, tails: &BTreeMap<String, u64>) -> bool {
+        self.stale == ready.stale
+            && self.tails == *tails
+            && self.until.is_none_or(|u| ready.now < u)
+    }
+}
+
+/// Single-row mode (`explain`): the target row, when it is in `state`.
+#[allow(clippy::too_many_arguments)]
+async fn settle_target(
+    walk: &Walk<'_, '_>,
+    conns: &mut Connections,
+    state: RowState,
+    ledger_exists: bool,
+    planner: &mut Planner<'_>,
+    run: &mut SweepRun,
+    lookups: &mut BTreeMap<(String, &'static str), u64>,
+    sources: &mut BTreeMap<String, Option<String>>,
+    asked: &mut BTreeMap<String, Result<SourceScan, String>>,
+) {
+    let Some(row) = walk.ready.target_in(state) else {
+        return;
+    };
+    let ledger = if ledger_exists {
+        match walk
+            .ready
+            .db
+            .ledger_get(&walk.sweep.name, &[row.key.as_str()])
+            .await
+        {
+            Ok(mut l) => l.remove(&row.key),
+            Err(e) => {
+                note(&mut run.report.errors, Stage::Ledger, &e.into());
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let mut work = settle_page(
+        walk,
+        conns,
+        vec![(row.clone(), ledger)],
+        planner,
+        run,
+        lookups,
+        sources,
+        Some(asked),
+    )
+    .await;
+    account(&mut work, run, walk.ready.now, walk.opts);
+}
+
+/// Every stale row of `state`, page by page in key order; the next page is
+/// read while this one is settled. `false` when the walk must stop (a
+/// shutdown, or a page that could not be read).
+#[allow(clippy::too_many_arguments)]
+async fn walk_pages(
+    walk: &Walk<'_, '_>,
+    conns: &mut Connections,
+    state: RowState,
+    cutoff: Timestamp,
+    ledger_exists: bool,
+    planner: &mut Planner<'_>,
+    run: &mut SweepRun,
+    lookups: &mut BTreeMap<(String, &'static str), u64>,
+    sources: &mut BTreeMap<String, Option<String>>,
+) -> bool {
+    let Walk {
+        sweep, ready, opts, ..
+    } = *walk;
+    if ready.stale.get(state).count == 0 {
+        return true;
+    }
+    let page_size = ready.table.batch_size.max(1) as usize;
+    let fetch = |after: Option<StuckRow>| {
+        let db = ready.db.clone();
+        let table = ready.table.clone();
+        let sweep_name = sweep.name.clone();
+        tokio::spawn(async move {
+            db.stale_page_with_ledger(
+                &table,
+                state,
+                cutoff,
+                after.as_ref(),
+                &sweep_name,
+                ledger_exists,
+            )
+            .await
+        })
+    };
+    let mut next = Some(fetch(None));
+    while let Some(pending_page) = next.take() {
+        if opts.stopping() && !opts.dry_run {
+            pending_page.abort();
+            return false;
+        }
+        let waited = Instant::now();
+        let page = pending_page.await;
+        tracing::debug!(
+            sweep = %sweep.name,
+            state = %state,
+            wait_ms = waited.elapsed().as_secs_f64() * 1e3,
+            "page read"
+        );
+        let page = match page {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                note(&mut run.report.errors, Stage::Fetch, &e.into());
+                return false;
+            }
+            Err(e) => {
+                let fault = Fault::Source(format!("reading a page of rows failed: {e}"));
+                note(&mut run.report.errors, Stage::Fetch, &fault);
+                return false;
+            }
+        };
+        if page.len() >= page_size {
+            next = page.last().map(|(r, _)| fetch(Some(r.clone())));
+        }
+        let page: Vec<(StuckRow, Option<LedgerEntry>)> = page
+            .into_iter()
+            .filter(|(r, _)| !run.moved_to_pending.contains(&r.key))
+            .collect();
+        let mut work = settle_page(walk, conns, page, planner, run, lookups, sources, None).await;
+        account(&mut work, run, ready.now, opts);
+    }
+    true
+}
+
+/// After a complete walk in which every decision was at rest, remember the
+/// sweep (the daemon skips the next walk while nothing changes); otherwise
+/// forget it.
+fn remember(
+    conns: &mut Connections,
+    sweep: &SweepConfig,
+    ready: &Ready,
+    tails: Option<BTreeMap<String, u64>>,
+    run: &SweepRun,
+) {
     match tails {
         Some(tails) if run.complete && run.at_rest && run.report.errors.is_empty() => {
             conns.memos.insert(
@@ -1297,6 +1392,10 @@ async fn walk_sweep(
             conns.memos.remove(&sweep.name);
         }
     }
+}
+
+/// The report's rows: pending first, then sending, at most `max_rows`.
+fn list_rows(run: &mut SweepRun, opts: &PassOptions) {
     let mut rows = run.rows.remove(&RowState::Pending).unwrap_or_default();
     rows.extend(run.rows.remove(&RowState::Sending).unwrap_or_default());
     let max_rows = opts.max_rows.unwrap_or(usize::MAX);
@@ -1306,17 +1405,6 @@ async fn walk_sweep(
     }
     run.report.rows = rows;
     run.report.rows_omitted = run.omitted;
-    if let Some(lock) = lock {
-        lock.release().await;
-    }
-    run.report.duration_seconds = started.elapsed().as_secs_f64();
-    let detail = SweepDetail {
-        sweep: sweep.name.clone(),
-        now: Some(now),
-        target: ready.target,
-        rows: run.detail_rows,
-    };
-    (run.report, detail)
 }
 
 /// Bytes read so far by the tailer of each of the sweep's evidence sources;
