@@ -1079,6 +1079,74 @@ fn state_value(
     }
 }
 
+/// The columns a job reads, in order of first use; `ok` is false once one
+/// was not a valid identifier (reported).
+struct ArgColumns {
+    columns: Vec<Ident>,
+    ok: bool,
+}
+
+impl ArgColumns {
+    fn index(&mut self, p: &mut Problems, path: &str, name: &str) -> usize {
+        match Ident::parse(name, false) {
+            Ok(c) => match self.columns.iter().position(|x| *x == c) {
+                Some(i) => i,
+                None => {
+                    self.columns.push(c);
+                    self.columns.len() - 1
+                }
+            },
+            Err(e) => {
+                p.push(path, e);
+                self.ok = false;
+                0
+            }
+        }
+    }
+}
+
+/// One job argument: a column, or (ActiveJob) a record reference or a hash
+/// with symbol keys.
+fn job_arg(p: &mut Problems, cols: &mut ArgColumns, path: &str, a: &RawArg, aj: bool) -> AjArg {
+    let spec = match a {
+        RawArg::Column(c) => {
+            return AjArg {
+                column: cols.index(p, path, c),
+                kind: AjArgKind::Value,
+            }
+        }
+        RawArg::Spec(spec) => spec,
+    };
+    let column = cols.index(p, &yaml::join(path, "column"), &spec.column);
+    if !aj {
+        p.push(
+            path,
+            "record references and symbol keys are ActiveJob arguments: set `format: activejob`",
+        );
+    }
+    let kind = match (&spec.global_id, spec.symbol_keys) {
+        (Some(model), None | Some(false)) => {
+            if !ruby_constant(model) {
+                p.push(
+                    yaml::join(path, "global_id"),
+                    format!("{model:?} is not a Ruby class name"),
+                );
+            }
+            AjArgKind::GlobalId(model.clone())
+        }
+        (None, Some(true)) => AjArgKind::SymbolKeys,
+        (None, None | Some(false)) => AjArgKind::Value,
+        (Some(_), Some(true)) => {
+            p.push(
+                path,
+                "an argument is a record reference or a hash, not both",
+            );
+            AjArgKind::Value
+        }
+    };
+    AjArg { column, kind }
+}
+
 /// A job's argument columns and, for `format: activejob`, how each becomes
 /// an ActiveJob argument. `None` columns when one is invalid (reported).
 fn job_args(
@@ -1087,8 +1155,7 @@ fn job_args(
     raw: &RawJob,
     kind: Option<&QueueKind>,
 ) -> (Option<Vec<Ident>>, Option<ActiveJobFormat>) {
-    let format = raw.format.as_deref().unwrap_or("plain");
-    let aj = match format {
+    let aj = match raw.format.as_deref().unwrap_or("plain") {
         "plain" => false,
         "activejob" => true,
         other => {
@@ -1099,72 +1166,17 @@ fn job_args(
             false
         }
     };
-    let mut columns: Vec<Ident> = Vec::new();
-    let mut ok = true;
-    let mut column = |p: &mut Problems, path: &str, name: &str| -> usize {
-        match Ident::parse(name, false) {
-            Ok(c) => match columns.iter().position(|x| *x == c) {
-                Some(i) => i,
-                None => {
-                    columns.push(c);
-                    columns.len() - 1
-                }
-            },
-            Err(e) => {
-                p.push(path, e);
-                ok = false;
-                0
-            }
-        }
-    };
-    let mut arg = |p: &mut Problems, path: &str, a: &RawArg| -> AjArg {
-        match a {
-            RawArg::Column(c) => AjArg {
-                column: column(p, path, c),
-                kind: AjArgKind::Value,
-            },
-            RawArg::Spec(spec) => {
-                let col = column(p, &yaml::join(path, "column"), &spec.column);
-                if !aj {
-                    p.push(
-                        path,
-                        "record references and symbol keys are ActiveJob arguments: set `format: activejob`",
-                    );
-                }
-                let kind = match (&spec.global_id, spec.symbol_keys) {
-                    (Some(model), None | Some(false)) => {
-                        if !ruby_constant(model) {
-                            p.push(
-                                yaml::join(path, "global_id"),
-                                format!("{model:?} is not a Ruby class name"),
-                            );
-                        }
-                        AjArgKind::GlobalId(model.clone())
-                    }
-                    (None, Some(true)) => AjArgKind::SymbolKeys,
-                    (None, None | Some(false)) => AjArgKind::Value,
-                    (Some(_), Some(true)) => {
-                        p.push(
-                            path,
-                            "an argument is a record reference or a hash, not both",
-                        );
-                        AjArgKind::Value
-                    }
-                };
-                AjArg { column: col, kind }
-            }
-        }
+    let mut cols = ArgColumns {
+        columns: Vec::new(),
+        ok: true,
     };
     let positional: Vec<AjArg> = raw
         .args
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            arg(
-                p,
-                &yaml::join(&yaml::join(jp, "args"), &format!("[{i}]")),
-                a,
-            )
+            let path = yaml::join(&yaml::join(jp, "args"), &format!("[{i}]"));
+            job_arg(p, &mut cols, &path, a, aj)
         })
         .collect();
     let kwargs: Vec<(String, AjArg)> = raw
@@ -1179,27 +1191,48 @@ fn job_args(
                     format!("{k:?} cannot be a keyword argument name"),
                 );
             }
-            (k.clone(), arg(p, &kp, a))
+            (k.clone(), job_arg(p, &mut cols, &kp, a, aj))
         })
         .collect();
+    let columns = cols.ok.then_some(cols.columns);
     if !aj {
-        for (field, present) in [
-            ("kwargs", raw.kwargs.is_some()),
-            ("wrapper", raw.wrapper.is_some()),
-            ("locale", raw.locale.is_some()),
-            ("timezone", raw.timezone.is_some()),
-            ("priority", raw.priority.is_some()),
-            ("app", raw.app.is_some()),
-        ] {
-            if present {
-                p.push(
-                    yaml::join(jp, field),
-                    format!("`{field}` belongs to ActiveJob jobs: set `format: activejob`"),
-                );
-            }
-        }
-        return (ok.then_some(columns), None);
+        plain_job_has_no_activejob_options(p, jp, raw);
+        return (columns, None);
     }
+    let fmt = activejob_format(p, jp, raw, kind, positional, kwargs);
+    (columns, Some(fmt))
+}
+
+/// ActiveJob's own options on a plain job are mistakes.
+fn plain_job_has_no_activejob_options(p: &mut Problems, jp: &str, raw: &RawJob) {
+    for (field, present) in [
+        ("kwargs", raw.kwargs.is_some()),
+        ("wrapper", raw.wrapper.is_some()),
+        ("locale", raw.locale.is_some()),
+        ("timezone", raw.timezone.is_some()),
+        ("priority", raw.priority.is_some()),
+        ("app", raw.app.is_some()),
+    ] {
+        if present {
+            p.push(
+                yaml::join(jp, field),
+                format!("`{field}` belongs to ActiveJob jobs: set `format: activejob`"),
+            );
+        }
+    }
+}
+
+/// The ActiveJob envelope of a job: the wrapper its queue kind's adapter
+/// enqueues, class names Ruby can resolve, and a GlobalID app when a record
+/// is referenced.
+fn activejob_format(
+    p: &mut Problems,
+    jp: &str,
+    raw: &RawJob,
+    kind: Option<&QueueKind>,
+    args: Vec<AjArg>,
+    kwargs: Vec<(String, AjArg)>,
+) -> ActiveJobFormat {
     let default_wrapper = match kind {
         Some(QueueKind::Sidekiq(_)) => Some(AJ_SIDEKIQ_WRAPPER),
         Some(QueueKind::Resque(_)) => Some(AJ_RESQUE_WRAPPER),
@@ -1232,7 +1265,7 @@ fn job_args(
             ),
         );
     }
-    let uses_gid = positional
+    let uses_gid = args
         .iter()
         .chain(kwargs.iter().map(|(_, a)| a))
         .any(|a| matches!(a.kind, AjArgKind::GlobalId(_)));
@@ -1242,16 +1275,15 @@ fn job_args(
             "record references need the GlobalID app name (`app`, as in gid://<app>/User/1)",
         );
     }
-    let fmt = ActiveJobFormat {
+    ActiveJobFormat {
         wrapper,
         locale: raw.locale.clone().unwrap_or_else(|| "en".into()),
         timezone: Some(raw.timezone.clone().unwrap_or_else(|| "UTC".into())),
         priority: raw.priority,
         app: raw.app.clone(),
-        args: positional,
+        args,
         kwargs,
-    };
-    (ok.then_some(columns), Some(fmt))
+    }
 }
 
 /// Header values, which may carry credentials.
