@@ -398,6 +398,19 @@ pub fn render(
     skipped: &[String],
 ) -> String {
     let mut o = String::new();
+    render_report(&mut o, db_label, proposals, skipped);
+    render_config(&mut o, url, proposals);
+    o
+}
+
+/// The report, as comments: per proposed table its rows and oldest change
+/// per state value, the index it needs, and its TODOs.
+fn render_report(
+    o: &mut String,
+    db_label: &str,
+    proposals: &[(Proposal, Facts)],
+    skipped: &[String],
+) {
     let _ = writeln!(
         o,
         "# sweeper init: a draft for {db_label} (read only; nothing was written)."
@@ -457,6 +470,11 @@ pub fn render(
     for s in skipped {
         let _ = writeln!(o, "# skipped: {s}");
     }
+}
+
+/// The config itself: database, a queue and a log source to fill in, and
+/// one sweep per proposal.
+fn render_config(o: &mut String, url: &str, proposals: &[(Proposal, Facts)]) {
     let _ = writeln!(o);
     let _ = writeln!(o, "databases:\n  app:\n    url: {}", yaml_str(url));
     let _ = writeln!(o);
@@ -543,7 +561,6 @@ pub fn render(
         let _ = writeln!(o, "      give_up_after: 24h");
         let _ = writeln!(o, "      on_no_evidence: leave");
     }
-    o
 }
 
 #[cfg(test)]

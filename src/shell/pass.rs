@@ -349,6 +349,18 @@ pub struct SweepDetail {
     pub target: Option<(String, StuckRow)>,
 }
 
+impl SweepDetail {
+    /// A sweep that listed no row.
+    fn empty(sweep: &SweepConfig, now: Option<Timestamp>) -> SweepDetail {
+        SweepDetail {
+            sweep: sweep.name.clone(),
+            now,
+            rows: vec![],
+            target: None,
+        }
+    }
+}
+
 /// What went wrong in a pass, typed until it is rendered into the report.
 #[derive(Debug, thiserror::Error)]
 enum Fault {
@@ -1087,15 +1099,7 @@ async fn walk_sweep(
     };
     let Some(ready) = ready else {
         run.report.duration_seconds = started.elapsed().as_secs_f64();
-        return (
-            run.report,
-            SweepDetail {
-                sweep: sweep.name.clone(),
-                now: None,
-                rows: vec![],
-                target: None,
-            },
-        );
+        return (run.report, SweepDetail::empty(sweep, None));
     };
     let now = ready.now;
     let single = opts.key.is_some();
@@ -1117,25 +1121,12 @@ async fn walk_sweep(
         .get(&sweep.name)
         .filter(|m| tails.as_ref().is_some_and(|t| m.still_holds(&ready, t)))
     {
-        run.report.decisions = memo.decisions.clone();
-        run.report.reasons = memo.reasons.clone();
-        run.report.evidence_expiring = memo.evidence_expiring;
-        if !opts.dry_run {
-            run.report.outcomes = Some(Outcomes::default());
-        }
+        memo.report_into(&mut run.report, opts);
         if let Some(lock) = lock {
             lock.release().await;
         }
         run.report.duration_seconds = started.elapsed().as_secs_f64();
-        return (
-            run.report,
-            SweepDetail {
-                sweep: sweep.name.clone(),
-                now: Some(now),
-                rows: vec![],
-                target: None,
-            },
-        );
+        return (run.report, SweepDetail::empty(sweep, Some(now)));
     }
     let (presence, workers_alive) = if has_rows {
         queue_checks(cfg, conns, sweep, &mut run.report).await
@@ -1149,17 +1140,7 @@ async fn walk_sweep(
             workers_alive,
         },
     );
-    let ledger_exists = if has_rows {
-        match ready.db.ledger_exists().await {
-            Ok(b) => Some(b),
-            Err(e) => {
-                note(&mut run.report.errors, Stage::Ledger, &e.into());
-                None
-            }
-        }
-    } else {
-        Some(false)
-    };
+    let ledger_exists = ledger_state(&ready, has_rows, &mut run.report).await;
     run.complete = ledger_exists.is_some();
     if let Some(ledger_exists) = ledger_exists.filter(|_| has_rows) {
         let walk = Walk {
@@ -1231,6 +1212,16 @@ async fn walk_sweep(
 }
 
 impl Memo {
+    /// The remembered counts, as this pass's (which writes nothing).
+    fn report_into(&self, report: &mut SweepReport, opts: &PassOptions) {
+        report.decisions = self.decisions.clone();
+        report.reasons = self.reasons.clone();
+        report.evidence_expiring = self.evidence_expiring;
+        if !opts.dry_run {
+            report.outcomes = Some(Outcomes::default());
+        }
+    }
+
     /// Whether a pass now would decide as the remembered one did: the same
     /// stale rows, no new log bytes, and before the first instant time
     /// alone changes a decision.
@@ -1238,6 +1229,21 @@ impl Memo {
         self.stale == ready.stale
             && self.tails == *tails
             && self.until.is_none_or(|u| ready.now < u)
+    }
+}
+
+/// Whether the ledger table exists (`None`: it could not be told, which
+/// is reported and decides nothing). Not asked when there is no row.
+async fn ledger_state(ready: &Ready, has_rows: bool, report: &mut SweepReport) -> Option<bool> {
+    if !has_rows {
+        return Some(false);
+    }
+    match ready.db.ledger_exists().await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            note(&mut report.errors, Stage::Ledger, &e.into());
+            None
+        }
     }
 }
 
