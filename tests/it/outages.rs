@@ -244,17 +244,7 @@ async fn a_stalled_or_refusing_rabbitmq_changes_nothing_and_recovers_exactly_onc
     let proxy = Proxy::to("127.0.0.1:5672".into()).await;
     let text = std::fs::read_to_string(config(&b, dir.path(), "unused", 5))
         .unwrap()
-        .replacen(
-            &format!(
-                "kind: resque\n    redis: \"{}\"\n    namespace: unused",
-                redis_url()
-            ),
-            &format!(
-                "kind: amqp\n    url: amqp://guest:guest@127.0.0.1:{}/%2f\n    confirm_timeout: 3s",
-                proxy.port
-            ),
-            1,
-        )
+        .replacen(&resque_block(), &amqp_block(proxy.port), 1)
         .replacen("job: {queue: notify,", &format!("job: {{queue: {q},"), 1);
     assert!(text.contains("kind: amqp"), "{text}");
     let cfg = write(dir.path(), "amqp-outage.yaml", &text);
@@ -353,11 +343,7 @@ async fn postgres_cut_mid_pass_leaves_nothing_half_applied() {
     let text = std::fs::read_to_string(config(&b, dir.path(), &ns, 5))
         .unwrap()
         .replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port), 1)
-        .replacen(
-            "      max_attempts: 5\n",
-            "      max_attempts: 5\n    limits: {batch_size: 20, max_actions: 100000}\n",
-            1,
-        );
+        .replacen("      max_attempts: 5\n", PAGES_OF_20, 1);
     assert!(
         text.contains(&format!("127.0.0.1:{}", proxy.port)),
         "{text}"
@@ -429,11 +415,7 @@ async fn redis_cut_mid_push_duplicates_at_most_the_page_in_hand() {
     let text = std::fs::read_to_string(config(&b, dir.path(), &ns, 5))
         .unwrap()
         .replacen(&redis_url(), &proxy.url(), 1)
-        .replacen(
-            "      max_attempts: 5\n",
-            "      max_attempts: 5\n    limits: {batch_size: 20, max_actions: 100000}\n",
-            1,
-        );
+        .replacen("      max_attempts: 5\n", PAGES_OF_20, 1);
     let cfg = write(dir.path(), "cut.yaml", &text);
     let key = format!("{ns}:queue:notify");
     let run = tokio::task::spawn_blocking({
@@ -494,23 +476,9 @@ async fn rabbitmq_cut_mid_publish_duplicates_at_most_the_page_in_hand() {
     let proxy = Proxy::to("127.0.0.1:5672".into()).await;
     let text = std::fs::read_to_string(config(&b, dir.path(), "unused", 5))
         .unwrap()
-        .replacen(
-            &format!(
-                "kind: resque\n    redis: \"{}\"\n    namespace: unused",
-                redis_url()
-            ),
-            &format!(
-                "kind: amqp\n    url: amqp://guest:guest@127.0.0.1:{}/%2f\n    confirm_timeout: 3s",
-                proxy.port
-            ),
-            1,
-        )
+        .replacen(&resque_block(), &amqp_block(proxy.port), 1)
         .replacen("job: {queue: notify,", &format!("job: {{queue: {q},"), 1)
-        .replacen(
-            "      max_attempts: 5\n",
-            "      max_attempts: 5\n    limits: {batch_size: 20, max_actions: 100000}\n",
-            1,
-        );
+        .replacen("      max_attempts: 5\n", PAGES_OF_20, 1);
     let cfg = write(dir.path(), "amqp-cut.yaml", &text);
     let run = tokio::task::spawn_blocking({
         let cfg = cfg.clone();
@@ -676,3 +644,20 @@ async fn queued_ids(r: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec
         })
         .collect()
 }
+
+/// The resque queue block the base config has (namespace `unused`).
+fn resque_block() -> String {
+    format!(
+        "kind: resque\n    redis: \"{}\"\n    namespace: unused",
+        redis_url()
+    )
+}
+
+/// An AMQP queue through the proxy at `port`.
+fn amqp_block(port: u16) -> String {
+    format!("kind: amqp\n    url: amqp://guest:guest@127.0.0.1:{port}/%2f\n    confirm_timeout: 3s")
+}
+
+/// Small pages, and a budget that does not stop the pass.
+const PAGES_OF_20: &str =
+    "      max_attempts: 5\n    limits: {batch_size: 20, max_actions: 100000}\n";
