@@ -350,21 +350,9 @@ async fn postgres_cut_mid_pass_leaves_nothing_half_applied() {
     );
     let cfg = write(dir.path(), "cut.yaml", &text);
     let key = format!("{ns}:queue:notify");
-    let run = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || {
-            run_json(
-                &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-                1,
-            )
-        }
-    });
+    let run = failing_once_in_background(&cfg);
     // Cut once the pass is well under way.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while llen(&mut r, &key).await < 200 {
-        assert!(Instant::now() < deadline, "the pass never got going");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_queued(&mut r, &key, 200).await;
     proxy.down.store(true, Ordering::SeqCst);
     proxy.cut.notify_waiters();
     let report = run.await.unwrap();
@@ -418,20 +406,8 @@ async fn redis_cut_mid_push_duplicates_at_most_the_page_in_hand() {
         .replacen("      max_attempts: 5\n", PAGES_OF_20, 1);
     let cfg = write(dir.path(), "cut.yaml", &text);
     let key = format!("{ns}:queue:notify");
-    let run = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || {
-            run_json(
-                &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-                1,
-            )
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while llen(&mut r, &key).await < 200 {
-        assert!(Instant::now() < deadline, "the pass never got going");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let run = failing_once_in_background(&cfg);
+    wait_queued(&mut r, &key, 200).await;
     proxy.set(REFUSE);
     proxy.cut.notify_waiters();
     let report = run.await.unwrap();
@@ -480,15 +456,7 @@ async fn rabbitmq_cut_mid_publish_duplicates_at_most_the_page_in_hand() {
         .replacen("job: {queue: notify,", &format!("job: {{queue: {q},"), 1)
         .replacen("      max_attempts: 5\n", PAGES_OF_20, 1);
     let cfg = write(dir.path(), "amqp-cut.yaml", &text);
-    let run = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || {
-            run_json(
-                &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
-                1,
-            )
-        }
-    });
+    let run = failing_once_in_background(&cfg);
     // Cut once a few hundred rows are recorded as requeued.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -661,3 +629,23 @@ fn amqp_block(port: u16) -> String {
 /// Small pages, and a budget that does not stop the pass.
 const PAGES_OF_20: &str =
     "      max_attempts: 5\n    limits: {batch_size: 20, max_actions: 100000}\n";
+
+/// `once` on `cfg` in the background, expected to end with errors (exit 1).
+fn failing_once_in_background(cfg: &std::path::Path) -> tokio::task::JoinHandle<serde_json::Value> {
+    let cfg = cfg.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        run_json(
+            &["once", "-c", cfg.to_str().unwrap(), "--format", "json"],
+            1,
+        )
+    })
+}
+
+/// Wait until the pass has pushed `n` jobs to `key`.
+async fn wait_queued(r: &mut redis::aio::MultiplexedConnection, key: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while llen(r, key).await < n {
+        assert!(Instant::now() < deadline, "the pass never got going");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
