@@ -1330,191 +1330,29 @@ fn sweep(
         &sub("timestamp_column"),
         Ident::parse(&raw.timestamp_column, false),
     );
-
-    let s = raw.states.unwrap_or(RawStates {
-        pending: None,
-        sending: None,
-        sent: None,
-        error: None,
-    });
-    let spath = sub("states");
-    let states = (
-        state_value(p, &yaml::join(&spath, "pending"), s.pending, "pending"),
-        state_value(p, &yaml::join(&spath, "sending"), s.sending, "sending"),
-        state_value(p, &yaml::join(&spath, "sent"), s.sent, "sent"),
-        state_value(p, &yaml::join(&spath, "error"), s.error, "error"),
-    );
-    let states = match states {
-        (Some(pending), Some(sending), Some(sent), Some(error)) => {
-            let all = [&pending, &sending, &sent, &error];
-            let distinct = all
-                .iter()
-                .enumerate()
-                .all(|(i, a)| all[i + 1..].iter().all(|b| a != b));
-            if !distinct {
-                p.push(
-                    &spath,
-                    "the four state values must be different from each other",
-                );
-            }
-            Some(States {
-                pending,
-                sending,
-                sent,
-                error,
-            })
-        }
-        _ => None,
-    };
-
+    let states = sweep_states(p, &sub("states"), raw.states);
     let every = duration_or(
         p,
         &sub("every"),
         raw.every.as_ref(),
         Duration::from_secs(60),
     );
-
-    let mut job = None;
-    let pending = raw.pending.and_then(|rp| {
-        let pp = sub("pending");
-        let after = p.check(&yaml::join(&pp, "after"), positive_duration(&rp.after));
-        if !refs.queues.contains(&rp.queue) {
-            p.push(
-                yaml::join(&pp, "queue"),
-                format!(
-                    "unknown queue {:?} ({})",
-                    rp.queue,
-                    known(refs.queues.iter())
-                ),
-            );
-        }
-        let jp = yaml::join(&pp, "job");
-        if rp.job.queue.trim().is_empty() {
-            p.push(yaml::join(&jp, "queue"), "job queue name is empty");
-        }
-        if rp.job.class.trim().is_empty() {
-            p.push(yaml::join(&jp, "class"), "job class is empty");
-        }
-        let kind = queues.get(&rp.queue).map(|q| &q.kind);
-        let (args, activejob) = job_args(p, &jp, &rp.job, kind);
-        let max_attempts = rp.max_attempts.unwrap_or(5);
-        if max_attempts == 0 {
-            p.push(yaml::join(&pp, "max_attempts"), "must be at least 1");
-        }
-        let backoff = rp.backoff.and_then(|b| {
-            let bp = yaml::join(&pp, "backoff");
-            if !(b.factor.is_finite() && b.factor >= 1.0) {
-                p.push(
-                    yaml::join(&bp, "factor"),
-                    format!("factor must be at least 1.0, found {}", b.factor),
-                );
-            }
-            let max = p.check(&yaml::join(&bp, "max"), positive_duration(&b.max))?;
-            if let Some(a) = after {
-                if max < a {
-                    p.push(
-                        yaml::join(&bp, "max"),
-                        "backoff max must be at least `after`",
-                    );
-                }
-            }
-            Some(Backoff {
-                factor: b.factor,
-                max,
-            })
-        });
-        job = Some(JobConfig {
-            queue_ref: rp.queue,
-            queue: rp.job.queue,
-            class: rp.job.class,
-            args: args?,
-            activejob,
-        });
-        Some(PendingRule {
-            after: after?,
-            max_attempts,
-            backoff,
-        })
-    });
-
-    let mut evidence = Vec::new();
-    let mut lookup_columns: Vec<Ident> = Vec::new();
-    let mut lookup_index = |c: &Ident| match lookup_columns.iter().position(|x| x == c) {
-        Some(i) => i,
-        None => {
-            lookup_columns.push(c.clone());
-            lookup_columns.len() - 1
-        }
+    let (pending, job) = match raw.pending {
+        Some(rp) => pending_rule(p, &sub("pending"), rp, refs, queues),
+        None => (None, None),
     };
+    let mut evidence = Vec::new();
+    let mut lookups = LookupColumns::default();
     let sending = raw.sending.and_then(|rs| {
-        let sp = sub("sending");
-        let after = p.check(&yaml::join(&sp, "after"), positive_duration(&rs.after));
-        for (i, e) in rs.evidence.iter().enumerate() {
-            let ep = yaml::join(&yaml::join(&sp, "evidence"), &format!("[{i}]"));
-            if !refs.evidence.contains(&e.source) {
-                p.push(
-                    yaml::join(&ep, "source"),
-                    format!(
-                        "unknown evidence source {:?} ({})",
-                        e.source,
-                        known(refs.evidence.iter())
-                    ),
-                );
-            }
-            if let Some(column) = p.check(
-                &yaml::join(&ep, "match"),
-                Ident::parse(&e.match_column, false),
-            ) {
-                let lookup = lookup_index(&column);
-                let extra = match sources.get(&e.source).map(|s| &s.kind) {
-                    Some(EvidenceKind::Provider(ProviderConfig {
-                        api: ProviderApi::Http { columns, .. },
-                        ..
-                    })) => columns
-                        .iter()
-                        .map(|c| (c.name().to_string(), lookup_index(c)))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                evidence.push(EvidenceRef {
-                    source: e.source.clone(),
-                    column,
-                    lookup,
-                    extra,
-                });
-            }
-        }
-        let give_up_after = duration_or(
+        sending_rule(
             p,
-            &yaml::join(&sp, "give_up_after"),
-            rs.give_up_after.as_ref(),
-            Duration::from_secs(24 * 3600),
-        );
-        if let (Some(a), Some(g)) = (after, give_up_after) {
-            if g < a {
-                p.push(
-                    yaml::join(&sp, "give_up_after"),
-                    "give_up_after must be at least `after`",
-                );
-            }
-        }
-        let policy = match rs.on_no_evidence.as_deref().unwrap_or("leave") {
-            "leave" => Some(GiveUpPolicy::Leave),
-            "error" => Some(GiveUpPolicy::Error),
-            "requeue" => Some(GiveUpPolicy::Requeue),
-            other => {
-                p.push(
-                    yaml::join(&sp, "on_no_evidence"),
-                    format!("unknown policy {other:?} (one of leave, error, requeue)"),
-                );
-                None
-            }
-        };
-        Some(SendingRule {
-            after: after?,
-            give_up_after: give_up_after?,
-            on_no_evidence: policy?,
-        })
+            &sub("sending"),
+            rs,
+            refs,
+            sources,
+            &mut evidence,
+            &mut lookups,
+        )
     });
     if let Some(s) = &sending {
         if s.on_no_evidence == GiveUpPolicy::Requeue && job.is_none() {
@@ -1524,33 +1362,9 @@ fn sweep(
             );
         }
     }
-
-    let limits = match raw.limits {
-        None => Limits::default(),
-        Some(l) => {
-            let lp = sub("limits");
-            let d = Limits::default();
-            let batch_size = l.batch_size.unwrap_or(d.batch_size);
-            if !(1..=10_000).contains(&batch_size) {
-                p.push(
-                    yaml::join(&lp, "batch_size"),
-                    format!("batch_size must be 1..=10000, found {batch_size}"),
-                );
-            }
-            let max_actions = l.max_actions.unwrap_or(d.max_actions);
-            if max_actions == 0 {
-                p.push(
-                    yaml::join(&lp, "max_actions"),
-                    "max_actions must be at least 1",
-                );
-            }
-            Limits {
-                batch_size,
-                max_actions,
-                hold_above: l.hold_above,
-            }
-        }
-    };
+    let limits = raw
+        .limits
+        .map_or_else(Limits::default, |l| sweep_limits(p, &sub("limits"), l));
 
     if pending.is_none() && sending.is_none() && !p.0.iter().any(|(pp, _)| pp.starts_with(path)) {
         p.push(
@@ -1575,6 +1389,238 @@ fn sweep(
         },
         job,
         evidence,
-        lookup_columns,
+        lookup_columns: lookups.0,
     })
+}
+
+/// The four state values: each present, and all different from each other.
+fn sweep_states(p: &mut Problems, spath: &str, raw: Option<RawStates>) -> Option<States> {
+    let s = raw.unwrap_or(RawStates {
+        pending: None,
+        sending: None,
+        sent: None,
+        error: None,
+    });
+    let states = (
+        state_value(p, &yaml::join(spath, "pending"), s.pending, "pending"),
+        state_value(p, &yaml::join(spath, "sending"), s.sending, "sending"),
+        state_value(p, &yaml::join(spath, "sent"), s.sent, "sent"),
+        state_value(p, &yaml::join(spath, "error"), s.error, "error"),
+    );
+    let (Some(pending), Some(sending), Some(sent), Some(error)) = states else {
+        return None;
+    };
+    let all = [&pending, &sending, &sent, &error];
+    let distinct = all
+        .iter()
+        .enumerate()
+        .all(|(i, a)| all[i + 1..].iter().all(|b| a != b));
+    if !distinct {
+        p.push(
+            spath,
+            "the four state values must be different from each other",
+        );
+    }
+    Some(States {
+        pending,
+        sending,
+        sent,
+        error,
+    })
+}
+
+/// The `pending` section: its rule and the job it enqueues. Either is
+/// `None` when a problem was recorded for it.
+fn pending_rule(
+    p: &mut Problems,
+    pp: &str,
+    rp: RawPending,
+    refs: &Refs,
+    queues: &BTreeMap<String, QueueConfig>,
+) -> (Option<PendingRule>, Option<JobConfig>) {
+    let after = p.check(&yaml::join(pp, "after"), positive_duration(&rp.after));
+    if !refs.queues.contains(&rp.queue) {
+        p.push(
+            yaml::join(pp, "queue"),
+            format!(
+                "unknown queue {:?} ({})",
+                rp.queue,
+                known(refs.queues.iter())
+            ),
+        );
+    }
+    let jp = yaml::join(pp, "job");
+    if rp.job.queue.trim().is_empty() {
+        p.push(yaml::join(&jp, "queue"), "job queue name is empty");
+    }
+    if rp.job.class.trim().is_empty() {
+        p.push(yaml::join(&jp, "class"), "job class is empty");
+    }
+    let kind = queues.get(&rp.queue).map(|q| &q.kind);
+    let (args, activejob) = job_args(p, &jp, &rp.job, kind);
+    let max_attempts = rp.max_attempts.unwrap_or(5);
+    if max_attempts == 0 {
+        p.push(yaml::join(pp, "max_attempts"), "must be at least 1");
+    }
+    let backoff = rp
+        .backoff
+        .and_then(|b| backoff(p, &yaml::join(pp, "backoff"), b, after));
+    let Some(args) = args else {
+        return (None, None);
+    };
+    let job = JobConfig {
+        queue_ref: rp.queue,
+        queue: rp.job.queue,
+        class: rp.job.class,
+        args,
+        activejob,
+    };
+    let rule = after.map(|after| PendingRule {
+        after,
+        max_attempts,
+        backoff,
+    });
+    (rule, Some(job))
+}
+
+fn backoff(p: &mut Problems, bp: &str, b: RawBackoff, after: Option<Duration>) -> Option<Backoff> {
+    if !(b.factor.is_finite() && b.factor >= 1.0) {
+        p.push(
+            yaml::join(bp, "factor"),
+            format!("factor must be at least 1.0, found {}", b.factor),
+        );
+    }
+    let max = p.check(&yaml::join(bp, "max"), positive_duration(&b.max))?;
+    if let Some(a) = after {
+        if max < a {
+            p.push(
+                yaml::join(bp, "max"),
+                "backoff max must be at least `after`",
+            );
+        }
+    }
+    Some(Backoff {
+        factor: b.factor,
+        max,
+    })
+}
+
+/// The row columns evidence lookups read, each listed once; an evidence
+/// reference names its columns by their index here.
+#[derive(Default)]
+struct LookupColumns(Vec<Ident>);
+
+impl LookupColumns {
+    fn index(&mut self, c: &Ident) -> usize {
+        match self.0.iter().position(|x| x == c) {
+            Some(i) => i,
+            None => {
+                self.0.push(c.clone());
+                self.0.len() - 1
+            }
+        }
+    }
+}
+
+/// The `sending` section: its rule, with each evidence reference pushed
+/// onto `evidence` and the columns it reads onto `lookups`.
+fn sending_rule(
+    p: &mut Problems,
+    sp: &str,
+    rs: RawSending,
+    refs: &Refs,
+    sources: &BTreeMap<String, EvidenceConfig>,
+    evidence: &mut Vec<EvidenceRef>,
+    lookups: &mut LookupColumns,
+) -> Option<SendingRule> {
+    let after = p.check(&yaml::join(sp, "after"), positive_duration(&rs.after));
+    for (i, e) in rs.evidence.iter().enumerate() {
+        let ep = yaml::join(&yaml::join(sp, "evidence"), &format!("[{i}]"));
+        if !refs.evidence.contains(&e.source) {
+            p.push(
+                yaml::join(&ep, "source"),
+                format!(
+                    "unknown evidence source {:?} ({})",
+                    e.source,
+                    known(refs.evidence.iter())
+                ),
+            );
+        }
+        if let Some(column) = p.check(
+            &yaml::join(&ep, "match"),
+            Ident::parse(&e.match_column, false),
+        ) {
+            let lookup = lookups.index(&column);
+            let extra = match sources.get(&e.source).map(|s| &s.kind) {
+                Some(EvidenceKind::Provider(ProviderConfig {
+                    api: ProviderApi::Http { columns, .. },
+                    ..
+                })) => columns
+                    .iter()
+                    .map(|c| (c.name().to_string(), lookups.index(c)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            evidence.push(EvidenceRef {
+                source: e.source.clone(),
+                column,
+                lookup,
+                extra,
+            });
+        }
+    }
+    let give_up_after = duration_or(
+        p,
+        &yaml::join(sp, "give_up_after"),
+        rs.give_up_after.as_ref(),
+        Duration::from_secs(24 * 3600),
+    );
+    if let (Some(a), Some(g)) = (after, give_up_after) {
+        if g < a {
+            p.push(
+                yaml::join(sp, "give_up_after"),
+                "give_up_after must be at least `after`",
+            );
+        }
+    }
+    let policy = match rs.on_no_evidence.as_deref().unwrap_or("leave") {
+        "leave" => Some(GiveUpPolicy::Leave),
+        "error" => Some(GiveUpPolicy::Error),
+        "requeue" => Some(GiveUpPolicy::Requeue),
+        other => {
+            p.push(
+                yaml::join(sp, "on_no_evidence"),
+                format!("unknown policy {other:?} (one of leave, error, requeue)"),
+            );
+            None
+        }
+    };
+    Some(SendingRule {
+        after: after?,
+        give_up_after: give_up_after?,
+        on_no_evidence: policy?,
+    })
+}
+
+fn sweep_limits(p: &mut Problems, lp: &str, l: RawLimits) -> Limits {
+    let d = Limits::default();
+    let batch_size = l.batch_size.unwrap_or(d.batch_size);
+    if !(1..=10_000).contains(&batch_size) {
+        p.push(
+            yaml::join(lp, "batch_size"),
+            format!("batch_size must be 1..=10000, found {batch_size}"),
+        );
+    }
+    let max_actions = l.max_actions.unwrap_or(d.max_actions);
+    if max_actions == 0 {
+        p.push(
+            yaml::join(lp, "max_actions"),
+            "max_actions must be at least 1",
+        );
+    }
+    Limits {
+        batch_size,
+        max_actions,
+        hold_above: l.hold_above,
+    }
 }
