@@ -374,157 +374,11 @@ fn namespace_ok(p: &mut Problems, path: &str, ns: &str) {
 fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueConfig> {
     let kind = kind_of(p, path, &node, QUEUE_KINDS)?;
     let kind = match kind.as_str() {
-        "resque" => {
-            let raw: RawResque = p.decode(node, path)?;
-            let namespace = raw.namespace.unwrap_or_else(|| "resque".into());
-            namespace_ok(p, &yaml::join(path, "namespace"), &namespace);
-            let redis = redis_url(p, &yaml::join(path, "redis"), &raw.redis);
-            let heartbeat_timeout = duration_or(
-                p,
-                &yaml::join(path, "worker_heartbeat_timeout"),
-                raw.worker_heartbeat_timeout.as_ref(),
-                Duration::from_secs(300),
-            );
-            QueueKind::Resque(ResqueConfig {
-                redis: SecretUrl::new(redis?),
-                namespace,
-                presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
-                require_workers: raw.require_workers.unwrap_or(false),
-                heartbeat_timeout: heartbeat_timeout?,
-            })
-        }
-        "sidekiq" => {
-            let raw: RawSidekiq = p.decode(node, path)?;
-            if let Some(ns) = &raw.namespace {
-                namespace_ok(p, &yaml::join(path, "namespace"), ns);
-            }
-            let redis = redis_url(p, &yaml::join(path, "redis"), &raw.redis);
-            let retry = raw.retry.unwrap_or(serde_json::Value::Bool(true));
-            let retry_ok = retry.is_boolean() || retry.as_u64().is_some();
-            if !retry_ok {
-                p.push(
-                    yaml::join(path, "retry"),
-                    format!("expected true, false or a number of retries, found {retry}"),
-                );
-            }
-            let job_fields = raw.job_fields.unwrap_or_default();
-            for k in job_fields.keys() {
-                if SIDEKIQ_RESERVED.contains(&k.as_str()) {
-                    p.push(
-                        yaml::join(&yaml::join(path, "job_fields"), k),
-                        format!("`{k}` is set by sweeper and cannot be overridden"),
-                    );
-                }
-            }
-            let epoch_millis = match raw.timestamps.as_deref() {
-                None | Some("float_seconds") => false,
-                Some("epoch_millis") => true,
-                Some(other) => {
-                    p.push(
-                        yaml::join(path, "timestamps"),
-                        format!(
-                            "unknown timestamps {other:?}: float_seconds (Sidekiq up to 7) or epoch_millis (Sidekiq 8+)"
-                        ),
-                    );
-                    false
-                }
-            };
-            QueueKind::Sidekiq(SidekiqConfig {
-                epoch_millis,
-                redis: SecretUrl::new(redis?),
-                namespace: raw.namespace,
-                retry,
-                job_fields,
-                presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
-                require_workers: raw.require_workers.unwrap_or(false),
-            })
-        }
-        "jsonl" => {
-            let raw: RawJsonl = p.decode(node, path)?;
-            if raw.path.trim().is_empty() {
-                p.push(yaml::join(path, "path"), "path is empty");
-                return None;
-            }
-            QueueKind::Jsonl {
-                path: raw.path.into(),
-            }
-        }
-        "amqp" => {
-            let raw: RawAmqp = p.decode(node, path)?;
-            let url_ok = raw.url.starts_with("amqp://") || raw.url.starts_with("amqps://");
-            if !url_ok {
-                p.push(
-                    yaml::join(path, "url"),
-                    format!(
-                        "invalid amqp url {:?}: expected amqp://user:pass@host:5672/vhost",
-                        redact_url(&raw.url)
-                    ),
-                );
-            }
-            let routing_key = raw.routing_key.unwrap_or_else(|| "{{queue}}".into());
-            templates_ok(
-                p,
-                &yaml::join(path, "routing_key"),
-                &serde_json::Value::from(routing_key.clone()),
-            );
-            let (headers, body) = headers_and_body(p, path, raw.headers, raw.body);
-            let confirm_timeout = duration_or(
-                p,
-                &yaml::join(path, "confirm_timeout"),
-                raw.confirm_timeout.as_ref(),
-                Duration::from_secs(10),
-            );
-            QueueKind::Amqp(AmqpConfig {
-                url: SecretUrl::new(raw.url),
-                exchange: raw.exchange.unwrap_or_default(),
-                routing_key,
-                headers,
-                content_type: raw
-                    .content_type
-                    .unwrap_or_else(|| "application/json".into()),
-                body,
-                confirm_timeout: confirm_timeout?,
-            })
-        }
-        "http" => {
-            let raw: RawHttpQueue = p.decode(node, path)?;
-            if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
-                p.push(
-                    yaml::join(path, "url"),
-                    format!("invalid url {:?}: expected http:// or https://", raw.url),
-                );
-            }
-            templates_ok(
-                p,
-                &yaml::join(path, "url"),
-                &serde_json::Value::from(raw.url.clone()),
-            );
-            let method = raw
-                .method
-                .unwrap_or_else(|| "POST".into())
-                .to_ascii_uppercase();
-            if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
-                p.push(
-                    yaml::join(path, "method"),
-                    format!("method {method:?}: use POST, PUT or PATCH"),
-                );
-            }
-            let (headers, body) = headers_and_body(p, path, raw.headers, raw.body);
-            let timeout = duration_or(
-                p,
-                &yaml::join(path, "timeout"),
-                raw.timeout.as_ref(),
-                Duration::from_secs(10),
-            );
-            QueueKind::Http(HttpQueueConfig {
-                url: raw.url,
-                method,
-                headers: secrets(headers),
-                body,
-                timeout: timeout?,
-                max_retries: raw.max_retries.unwrap_or(3),
-            })
-        }
+        "resque" => resque_queue(p, path, node)?,
+        "sidekiq" => sidekiq_queue(p, path, node)?,
+        "jsonl" => jsonl_queue(p, path, node)?,
+        "amqp" => amqp_queue(p, path, node)?,
+        "http" => http_queue(p, path, node)?,
         other => {
             p.push(
                 yaml::join(path, "kind"),
@@ -537,6 +391,162 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
         name: name.to_string(),
         kind,
     })
+}
+
+fn resque_queue(p: &mut Problems, path: &str, node: Node) -> Option<QueueKind> {
+    let raw: RawResque = p.decode(node, path)?;
+    let namespace = raw.namespace.unwrap_or_else(|| "resque".into());
+    namespace_ok(p, &yaml::join(path, "namespace"), &namespace);
+    let redis = redis_url(p, &yaml::join(path, "redis"), &raw.redis);
+    let heartbeat_timeout = duration_or(
+        p,
+        &yaml::join(path, "worker_heartbeat_timeout"),
+        raw.worker_heartbeat_timeout.as_ref(),
+        Duration::from_secs(300),
+    );
+    Some(QueueKind::Resque(ResqueConfig {
+        redis: SecretUrl::new(redis?),
+        namespace,
+        presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
+        require_workers: raw.require_workers.unwrap_or(false),
+        heartbeat_timeout: heartbeat_timeout?,
+    }))
+}
+
+fn sidekiq_queue(p: &mut Problems, path: &str, node: Node) -> Option<QueueKind> {
+    let raw: RawSidekiq = p.decode(node, path)?;
+    if let Some(ns) = &raw.namespace {
+        namespace_ok(p, &yaml::join(path, "namespace"), ns);
+    }
+    let redis = redis_url(p, &yaml::join(path, "redis"), &raw.redis);
+    let retry = raw.retry.unwrap_or(serde_json::Value::Bool(true));
+    let retry_ok = retry.is_boolean() || retry.as_u64().is_some();
+    if !retry_ok {
+        p.push(
+            yaml::join(path, "retry"),
+            format!("expected true, false or a number of retries, found {retry}"),
+        );
+    }
+    let job_fields = raw.job_fields.unwrap_or_default();
+    for k in job_fields.keys() {
+        if SIDEKIQ_RESERVED.contains(&k.as_str()) {
+            p.push(
+                yaml::join(&yaml::join(path, "job_fields"), k),
+                format!("`{k}` is set by sweeper and cannot be overridden"),
+            );
+        }
+    }
+    let epoch_millis = match raw.timestamps.as_deref() {
+        None | Some("float_seconds") => false,
+        Some("epoch_millis") => true,
+        Some(other) => {
+            p.push(
+                yaml::join(path, "timestamps"),
+                format!(
+                    "unknown timestamps {other:?}: float_seconds (Sidekiq up to 7) or epoch_millis (Sidekiq 8+)"
+                ),
+            );
+            false
+        }
+    };
+    Some(QueueKind::Sidekiq(SidekiqConfig {
+        epoch_millis,
+        redis: SecretUrl::new(redis?),
+        namespace: raw.namespace,
+        retry,
+        job_fields,
+        presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
+        require_workers: raw.require_workers.unwrap_or(false),
+    }))
+}
+
+fn jsonl_queue(p: &mut Problems, path: &str, node: Node) -> Option<QueueKind> {
+    let raw: RawJsonl = p.decode(node, path)?;
+    if raw.path.trim().is_empty() {
+        p.push(yaml::join(path, "path"), "path is empty");
+        return None;
+    }
+    Some(QueueKind::Jsonl {
+        path: raw.path.into(),
+    })
+}
+
+fn amqp_queue(p: &mut Problems, path: &str, node: Node) -> Option<QueueKind> {
+    let raw: RawAmqp = p.decode(node, path)?;
+    let url_ok = raw.url.starts_with("amqp://") || raw.url.starts_with("amqps://");
+    if !url_ok {
+        p.push(
+            yaml::join(path, "url"),
+            format!(
+                "invalid amqp url {:?}: expected amqp://user:pass@host:5672/vhost",
+                redact_url(&raw.url)
+            ),
+        );
+    }
+    let routing_key = raw.routing_key.unwrap_or_else(|| "{{queue}}".into());
+    templates_ok(
+        p,
+        &yaml::join(path, "routing_key"),
+        &serde_json::Value::from(routing_key.clone()),
+    );
+    let (headers, body) = headers_and_body(p, path, raw.headers, raw.body);
+    let confirm_timeout = duration_or(
+        p,
+        &yaml::join(path, "confirm_timeout"),
+        raw.confirm_timeout.as_ref(),
+        Duration::from_secs(10),
+    );
+    Some(QueueKind::Amqp(AmqpConfig {
+        url: SecretUrl::new(raw.url),
+        exchange: raw.exchange.unwrap_or_default(),
+        routing_key,
+        headers,
+        content_type: raw
+            .content_type
+            .unwrap_or_else(|| "application/json".into()),
+        body,
+        confirm_timeout: confirm_timeout?,
+    }))
+}
+
+fn http_queue(p: &mut Problems, path: &str, node: Node) -> Option<QueueKind> {
+    let raw: RawHttpQueue = p.decode(node, path)?;
+    if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
+        p.push(
+            yaml::join(path, "url"),
+            format!("invalid url {:?}: expected http:// or https://", raw.url),
+        );
+    }
+    templates_ok(
+        p,
+        &yaml::join(path, "url"),
+        &serde_json::Value::from(raw.url.clone()),
+    );
+    let method = raw
+        .method
+        .unwrap_or_else(|| "POST".into())
+        .to_ascii_uppercase();
+    if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
+        p.push(
+            yaml::join(path, "method"),
+            format!("method {method:?}: use POST, PUT or PATCH"),
+        );
+    }
+    let (headers, body) = headers_and_body(p, path, raw.headers, raw.body);
+    let timeout = duration_or(
+        p,
+        &yaml::join(path, "timeout"),
+        raw.timeout.as_ref(),
+        Duration::from_secs(10),
+    );
+    Some(QueueKind::Http(HttpQueueConfig {
+        url: raw.url,
+        method,
+        headers: secrets(headers),
+        body,
+        timeout: timeout?,
+        max_retries: raw.max_retries.unwrap_or(3),
+    }))
 }
 
 /// The job body when none is configured (amqp, http).
@@ -674,41 +684,12 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
         None => Some(Duration::from_secs(600)),
         Some(s) => p.check(&sub("slack"), parse_duration(s)),
     };
-    let only_for = |p: &mut Problems, present: bool, key: &str, formats: &str| {
-        if present {
-            p.push(
-                sub(key),
-                format!("`{key}` only applies to format {formats}"),
-            );
-        }
-    };
-    let statuses = |p: &mut Problems| -> Option<StatusMap> {
-        let sent = raw.sent.clone().unwrap_or_default();
-        if sent.is_empty() {
-            p.push(
-                sub("sent"),
-                "list the status values that mean delivered, e.g. sent: [delivered]",
-            );
-            return None;
-        }
-        Some(StatusMap {
-            sent,
-            failed: raw.failed.clone().unwrap_or_default(),
-        })
-    };
     let format = match raw.format.as_str() {
         f @ ("postfix" | "exim") => {
-            only_for(p, raw.patterns.is_some(), "patterns", "custom");
-            only_for(p, raw.sent.is_some(), "sent", "custom or jsonl");
-            only_for(p, raw.failed.is_some(), "failed", "custom or jsonl");
-            for (k, v) in [
-                ("key_field", &raw.key_field),
-                ("status_field", &raw.status_field),
-                ("recipient_field", &raw.recipient_field),
-                ("time_field", &raw.time_field),
-            ] {
-                only_for(p, v.is_some(), k, "jsonl");
-            }
+            only_for(p, path, raw.patterns.is_some(), "patterns", "custom");
+            only_for(p, path, raw.sent.is_some(), "sent", "custom or jsonl");
+            only_for(p, path, raw.failed.is_some(), "failed", "custom or jsonl");
+            jsonl_fields_only_for_jsonl(p, path, &raw);
             if f == "postfix" {
                 LogFormat::Postfix
             } else {
@@ -716,89 +697,16 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
             }
         }
         "custom" => {
-            for (k, v) in [
-                ("key_field", &raw.key_field),
-                ("status_field", &raw.status_field),
-                ("recipient_field", &raw.recipient_field),
-                ("time_field", &raw.time_field),
-            ] {
-                only_for(p, v.is_some(), k, "jsonl");
-            }
-            let patterns = raw.patterns.clone().unwrap_or_default();
-            if patterns.is_empty() {
-                p.push(
-                    sub("patterns"),
-                    "format custom needs `patterns`: regexes with named captures key, join, status",
-                );
-            }
-            let mut compiled = Vec::new();
-            let (mut has_key, mut has_status) = (false, false);
-            for (i, pat) in patterns.iter().enumerate() {
-                let ppath = yaml::join(&sub("patterns"), &format!("[{i}]"));
-                match regex::bytes::Regex::new(pat) {
-                    Err(e) => p.push(ppath, format!("invalid regex: {e}")),
-                    Ok(re) => {
-                        let names: Vec<&str> = re.capture_names().flatten().collect();
-                        let known = ["key", "join", "status", "rcpt", "time"];
-                        if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
-                            p.push(
-                                &ppath,
-                                format!(
-                                    "unknown capture group {bad:?} (use key, join, status, rcpt, time)"
-                                ),
-                            );
-                        }
-                        if !names.contains(&"key") && !names.contains(&"join") {
-                            p.push(&ppath, "pattern needs a `key` or `join` named capture");
-                        }
-                        has_key |= names.contains(&"key");
-                        has_status |= names.contains(&"status");
-                        compiled.push(re);
-                    }
-                }
-            }
-            if !patterns.is_empty() && compiled.len() == patterns.len() {
-                if !has_key {
-                    p.push(
-                        sub("patterns"),
-                        "no pattern captures `key` (the lookup value)",
-                    );
-                }
-                if !has_status {
-                    p.push(sub("patterns"), "no pattern captures `status`");
-                }
-            }
+            jsonl_fields_only_for_jsonl(p, path, &raw);
+            let patterns = custom_patterns(p, path, raw.patterns.as_deref().unwrap_or_default());
             LogFormat::Custom(CustomSpec {
-                patterns: compiled,
-                statuses: statuses(p)?,
+                patterns,
+                statuses: log_statuses(p, path, &raw)?,
             })
         }
         "jsonl" => {
-            only_for(p, raw.patterns.is_some(), "patterns", "custom");
-            let required = |p: &mut Problems, key: &str, v: &Option<String>| match v {
-                None => {
-                    p.push(
-                        sub(key),
-                        format!("format jsonl needs `{key}` (a JSON pointer)"),
-                    );
-                    None
-                }
-                Some(s) => p.check(&sub(key), pointer(s)),
-            };
-            let optional = |p: &mut Problems, key: &str, v: &Option<String>| {
-                v.as_ref().and_then(|s| p.check(&sub(key), pointer(s)))
-            };
-            let key = required(p, "key_field", &raw.key_field);
-            let status = required(p, "status_field", &raw.status_field);
-            let recipient = optional(p, "recipient_field", &raw.recipient_field);
-            let time = optional(p, "time_field", &raw.time_field);
-            LogFormat::Jsonl(JsonlSpec {
-                key: key?,
-                status: status?,
-                recipient,
-                time,
-                statuses: statuses(p)?,
-            })
+            only_for(p, path, raw.patterns.is_some(), "patterns", "custom");
+            LogFormat::Jsonl(jsonl_spec(p, path, &raw)?)
         }
         other => {
             p.push(
@@ -816,6 +724,121 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
     })
 }
 
+/// Records a problem when an option is given to a log format it does not
+/// apply to.
+fn only_for(p: &mut Problems, path: &str, present: bool, key: &str, formats: &str) {
+    if present {
+        p.push(
+            yaml::join(path, key),
+            format!("`{key}` only applies to format {formats}"),
+        );
+    }
+}
+
+fn jsonl_fields_only_for_jsonl(p: &mut Problems, path: &str, raw: &RawLogSource) {
+    for (k, v) in [
+        ("key_field", &raw.key_field),
+        ("status_field", &raw.status_field),
+        ("recipient_field", &raw.recipient_field),
+        ("time_field", &raw.time_field),
+    ] {
+        only_for(p, path, v.is_some(), k, "jsonl");
+    }
+}
+
+/// The `sent`/`failed` status values of a custom or jsonl log.
+fn log_statuses(p: &mut Problems, path: &str, raw: &RawLogSource) -> Option<StatusMap> {
+    let sent = raw.sent.clone().unwrap_or_default();
+    if sent.is_empty() {
+        p.push(
+            yaml::join(path, "sent"),
+            "list the status values that mean delivered, e.g. sent: [delivered]",
+        );
+        return None;
+    }
+    Some(StatusMap {
+        sent,
+        failed: raw.failed.clone().unwrap_or_default(),
+    })
+}
+
+/// A custom log's regexes, compiled, each with known named captures and
+/// a `key` or `join`; together they must capture `key` and `status`.
+fn custom_patterns(p: &mut Problems, path: &str, patterns: &[String]) -> Vec<regex::bytes::Regex> {
+    let pp = yaml::join(path, "patterns");
+    if patterns.is_empty() {
+        p.push(
+            &pp,
+            "format custom needs `patterns`: regexes with named captures key, join, status",
+        );
+    }
+    let mut compiled = Vec::new();
+    let (mut has_key, mut has_status) = (false, false);
+    for (i, pat) in patterns.iter().enumerate() {
+        let ppath = yaml::join(&pp, &format!("[{i}]"));
+        match regex::bytes::Regex::new(pat) {
+            Err(e) => p.push(ppath, format!("invalid regex: {e}")),
+            Ok(re) => {
+                let names: Vec<&str> = re.capture_names().flatten().collect();
+                let known = ["key", "join", "status", "rcpt", "time"];
+                if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+                    p.push(
+                        &ppath,
+                        format!(
+                            "unknown capture group {bad:?} (use key, join, status, rcpt, time)"
+                        ),
+                    );
+                }
+                if !names.contains(&"key") && !names.contains(&"join") {
+                    p.push(&ppath, "pattern needs a `key` or `join` named capture");
+                }
+                has_key |= names.contains(&"key");
+                has_status |= names.contains(&"status");
+                compiled.push(re);
+            }
+        }
+    }
+    if !patterns.is_empty() && compiled.len() == patterns.len() {
+        if !has_key {
+            p.push(&pp, "no pattern captures `key` (the lookup value)");
+        }
+        if !has_status {
+            p.push(&pp, "no pattern captures `status`");
+        }
+    }
+    compiled
+}
+
+/// A jsonl log's JSON pointers: `key_field` and `status_field` required,
+/// `recipient_field` and `time_field` optional.
+fn jsonl_spec(p: &mut Problems, path: &str, raw: &RawLogSource) -> Option<JsonlSpec> {
+    let sub = |k: &str| yaml::join(path, k);
+    let required = |p: &mut Problems, key: &str, v: &Option<String>| match v {
+        None => {
+            p.push(
+                sub(key),
+                format!("format jsonl needs `{key}` (a JSON pointer)"),
+            );
+            None
+        }
+        Some(s) => p.check(&sub(key), pointer(s)),
+    };
+    let optional = |p: &mut Problems, key: &str, v: &Option<String>| {
+        v.as_ref().and_then(|s| p.check(&sub(key), pointer(s)))
+    };
+    let key = required(p, "key_field", &raw.key_field);
+    let status = required(p, "status_field", &raw.status_field);
+    let recipient = optional(p, "recipient_field", &raw.recipient_field);
+    let time = optional(p, "time_field", &raw.time_field);
+    Some(JsonlSpec {
+        key: key?,
+        status: status?,
+        recipient,
+        time,
+        statuses: log_statuses(p, path, raw)?,
+    })
+}
+
 fn provider_source(
     p: &mut Problems,
     path: &str,
@@ -823,41 +846,7 @@ fn provider_source(
     raw: RawProvider,
 ) -> Option<ProviderConfig> {
     let sub = |k: &str| yaml::join(path, k);
-    // Which options each kind takes.
-    let allowed: &[&str] = match kind {
-        "mailgun" => &["domain", "api_key", "base_url", "time_range_above"],
-        "sendgrid" => &["api_key", "base_url"],
-        "postmark" => &["token", "base_url", "metadata_key"],
-        _ => &[
-            "url",
-            "headers",
-            "status_pointer",
-            "events_pointer",
-            "recipient_pointer",
-            "sent",
-            "failed",
-        ],
-    };
-    let given: [(&str, bool); 13] = [
-        ("metadata_key", raw.metadata_key.is_some()),
-        ("domain", raw.domain.is_some()),
-        ("api_key", raw.api_key.is_some()),
-        ("token", raw.token.is_some()),
-        ("base_url", raw.base_url.is_some()),
-        ("url", raw.url.is_some()),
-        ("headers", raw.headers.is_some()),
-        ("status_pointer", raw.status_pointer.is_some()),
-        ("events_pointer", raw.events_pointer.is_some()),
-        ("recipient_pointer", raw.recipient_pointer.is_some()),
-        ("sent", raw.sent.is_some()),
-        ("failed", raw.failed.is_some()),
-        ("time_range_above", raw.time_range_above.is_some()),
-    ];
-    for (k, present) in given {
-        if present && !allowed.contains(&k) {
-            p.push(sub(k), format!("`{k}` does not apply to kind {kind}"));
-        }
-    }
+    options_apply_to_kind(p, path, kind, &raw);
     let required = |p: &mut Problems, k: &str, v: &Option<String>| -> Option<String> {
         match v {
             Some(s) if !s.trim().is_empty() => Some(s.clone()),
@@ -881,42 +870,7 @@ fn provider_source(
         "postmark" => ("https://api.postmarkapp.com", 5.0, Some(45 * 86_400), 300),
         _ => ("", 5.0, None, 0),
     };
-    // Every field is checked before anything is returned, so all problems
-    // are reported together.
-    let api: Option<ProviderApi> = match kind {
-        "mailgun" => {
-            let domain = required(p, "domain", &raw.domain);
-            let api_key = required(p, "api_key", &raw.api_key);
-            domain
-                .zip(api_key)
-                .map(|(domain, api_key)| ProviderApi::Mailgun {
-                    domain,
-                    api_key: Secret::new(api_key),
-                })
-        }
-        "sendgrid" => required(p, "api_key", &raw.api_key).map(|api_key| ProviderApi::Sendgrid {
-            api_key: Secret::new(api_key),
-        }),
-        "postmark" => {
-            let metadata_key = raw.metadata_key.clone();
-            if let Some(k) = &metadata_key {
-                let ok = !k.is_empty()
-                    && k.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                if !ok {
-                    p.push(
-                        sub("metadata_key"),
-                        format!("invalid metadata_key {k:?}: letters, digits, `_`, `-`"),
-                    );
-                }
-            }
-            required(p, "token", &raw.token).map(|token| ProviderApi::Postmark {
-                token: Secret::new(token),
-                metadata_key,
-            })
-        }
-        _ => http_status_api(p, path, &raw, &required),
-    };
+    let api = provider_api(p, path, kind, &raw, &required);
     let base_url = raw
         .base_url
         .clone()
@@ -971,6 +925,93 @@ fn provider_source(
         slack: slack?,
         time_range_above: raw.time_range_above.unwrap_or(20),
     })
+}
+
+/// Records a problem for each option given that `kind` does not take.
+fn options_apply_to_kind(p: &mut Problems, path: &str, kind: &str, raw: &RawProvider) {
+    let allowed: &[&str] = match kind {
+        "mailgun" => &["domain", "api_key", "base_url", "time_range_above"],
+        "sendgrid" => &["api_key", "base_url"],
+        "postmark" => &["token", "base_url", "metadata_key"],
+        _ => &[
+            "url",
+            "headers",
+            "status_pointer",
+            "events_pointer",
+            "recipient_pointer",
+            "sent",
+            "failed",
+        ],
+    };
+    let given: [(&str, bool); 13] = [
+        ("metadata_key", raw.metadata_key.is_some()),
+        ("domain", raw.domain.is_some()),
+        ("api_key", raw.api_key.is_some()),
+        ("token", raw.token.is_some()),
+        ("base_url", raw.base_url.is_some()),
+        ("url", raw.url.is_some()),
+        ("headers", raw.headers.is_some()),
+        ("status_pointer", raw.status_pointer.is_some()),
+        ("events_pointer", raw.events_pointer.is_some()),
+        ("recipient_pointer", raw.recipient_pointer.is_some()),
+        ("sent", raw.sent.is_some()),
+        ("failed", raw.failed.is_some()),
+        ("time_range_above", raw.time_range_above.is_some()),
+    ];
+    for (k, present) in given {
+        if present && !allowed.contains(&k) {
+            p.push(
+                yaml::join(path, k),
+                format!("`{k}` does not apply to kind {kind}"),
+            );
+        }
+    }
+}
+
+/// The API a provider source calls, with its credentials.
+fn provider_api(
+    p: &mut Problems,
+    path: &str,
+    kind: &str,
+    raw: &RawProvider,
+    required: &Required<'_>,
+) -> Option<ProviderApi> {
+    // Every field is checked before anything is returned, so all problems
+    // are reported together.
+    match kind {
+        "mailgun" => {
+            let domain = required(p, "domain", &raw.domain);
+            let api_key = required(p, "api_key", &raw.api_key);
+            domain
+                .zip(api_key)
+                .map(|(domain, api_key)| ProviderApi::Mailgun {
+                    domain,
+                    api_key: Secret::new(api_key),
+                })
+        }
+        "sendgrid" => required(p, "api_key", &raw.api_key).map(|api_key| ProviderApi::Sendgrid {
+            api_key: Secret::new(api_key),
+        }),
+        "postmark" => {
+            let metadata_key = raw.metadata_key.clone();
+            if let Some(k) = &metadata_key {
+                let ok = !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !ok {
+                    p.push(
+                        yaml::join(path, "metadata_key"),
+                        format!("invalid metadata_key {k:?}: letters, digits, `_`, `-`"),
+                    );
+                }
+            }
+            required(p, "token", &raw.token).map(|token| ProviderApi::Postmark {
+                token: Secret::new(token),
+                metadata_key,
+            })
+        }
+        _ => http_status_api(p, path, raw, required),
+    }
 }
 
 /// Reads a required option, recording a problem when it is missing.
