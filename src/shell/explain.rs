@@ -5,11 +5,11 @@
 //! row, so it can never disagree with it.
 
 use super::cli::{EXIT_FAILED, EXIT_OK};
-use super::pass::{run_pass, Connections, PassOptions, PassResult};
+use super::pass::{run_pass, Connections, PassOptions, PassResult, SourceScan};
 use crate::config::{Config, QueueKind, SweepConfig};
 use crate::core::decide::requeue_interval;
 use crate::core::evidence::normalize_key;
-use crate::core::model::{Action, RowState, Timestamp};
+use crate::core::model::{Action, LedgerEntry, RowState, StuckRow, Timestamp};
 use crate::core::report::human_age;
 use chrono::TimeDelta;
 use std::fmt::Write as _;
@@ -118,54 +118,7 @@ pub fn render(cfg: &Config, sweep: &SweepConfig, key: &str, result: &PassResult)
     let _ = writeln!(out, "  rule        {}", rule_text(cfg, sweep, row.state));
 
     if row.state == RowState::Pending {
-        match ledger.as_ref().filter(|l| l.version == row.version) {
-            None => {
-                let _ = writeln!(
-                    out,
-                    "  requeues    none recorded for this row since it last changed"
-                );
-            }
-            Some(l) => {
-                let next = sweep.rules.pending.as_ref().map(|p| {
-                    l.last_requeued_at
-                        + TimeDelta::from_std(requeue_interval(p, l.attempts))
-                            .unwrap_or(TimeDelta::MAX)
-                });
-                let _ = writeln!(
-                    out,
-                    "  requeues    {} so far, the last at {} ({} ago){}",
-                    l.attempts,
-                    when(l.last_requeued_at),
-                    human_age((now - l.last_requeued_at).num_seconds() as f64),
-                    next.map(|n| format!("; the next not before {}", when(n)))
-                        .unwrap_or_default()
-                );
-            }
-        }
-        if let Some(job) = &sweep.job {
-            let _ = writeln!(
-                out,
-                "  job         {} {} on {}",
-                job.class,
-                serde_json::Value::from(row.args.clone()),
-                job.queue
-            );
-            if let Some(q) = cfg.queues.get(&job.queue_ref) {
-                if matches!(q.kind, QueueKind::Jsonl { .. }) {
-                    let _ = writeln!(out, "              (appended to a jsonl file)");
-                }
-                match crate::adapters::queue::preview(q, job, &row.args, now) {
-                    Some(Ok(payload)) => {
-                        let _ = writeln!(out, "  payload     {payload}");
-                        let _ = writeln!(out, "              (as the worker will receive it)");
-                    }
-                    Some(Err(e)) => {
-                        let _ = writeln!(out, "  payload     cannot be built: {e}");
-                    }
-                    None => {}
-                }
-            }
-        }
+        pending_lines(&mut out, cfg, sweep, row, ledger.as_ref(), now);
     }
 
     for (i, sv) in evidence.iter().enumerate() {
@@ -182,71 +135,7 @@ pub fn render(cfg: &Config, sweep: &SweepConfig, key: &str, result: &PassResult)
             sv.source, e.column, lookup
         );
         match result.scans.get(&sv.source) {
-            Some(Ok(scan)) => {
-                let _ = writeln!(
-                    out,
-                    "              scanned {} file(s), {} lines: {}",
-                    scan.stats.files,
-                    scan.stats.lines,
-                    scan.files
-                        .iter()
-                        .map(|f| f.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                let since =
-                    row.updated_at - TimeDelta::from_std(scan.slack).unwrap_or(TimeDelta::MAX);
-                let all = scan.store.instances(&lookup, None);
-                let counted = scan.store.instances(&lookup, Some(since));
-                if all.len() > counted.len() {
-                    let _ = writeln!(
-                        out,
-                        "              {} older message(s) with this key before {} (row time − slack) are ignored",
-                        all.len() - counted.len(),
-                        when(since)
-                    );
-                }
-                for m in counted {
-                    let _ = writeln!(
-                        out,
-                        "              message {}{}",
-                        m.id,
-                        m.first_seen
-                            .map(|t| format!(", first seen {}", when(t)))
-                            .unwrap_or_default()
-                    );
-                    for (l, text) in m.lines.iter().zip(&m.texts) {
-                        let file = scan
-                            .files
-                            .get(l.file as usize)
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_default();
-                        let _ = writeln!(out, "                {file}:{}  {text}", l.line);
-                    }
-                    for r in &m.recipients {
-                        let _ = writeln!(
-                            out,
-                            "                recipient {}: {}{}",
-                            r.rcpt,
-                            m.effective_status(r).as_str(),
-                            if r.detail.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" ({})", r.detail)
-                            }
-                        );
-                    }
-                    if let Some(n) = m.expected_recipients {
-                        if n > m.recipients.len() {
-                            let _ = writeln!(
-                                out,
-                                "                {} of {n} recipients have no outcome logged yet",
-                                n - m.recipients.len()
-                            );
-                        }
-                    }
-                }
-            }
+            Some(Ok(scan)) => scan_lines(&mut out, scan, row, &lookup),
             Some(Err(e)) => {
                 let _ = writeln!(out, "              source unavailable: {e}");
             }
@@ -285,6 +174,133 @@ pub fn render(cfg: &Config, sweep: &SweepConfig, key: &str, result: &PassResult)
         "              (explain is a dry run; limits.max_actions applies across a whole pass)"
     );
     (out, true)
+}
+
+/// A pending row: its requeues so far, and the job and payload a requeue
+/// would send.
+fn pending_lines(
+    out: &mut String,
+    cfg: &Config,
+    sweep: &SweepConfig,
+    row: &StuckRow,
+    ledger: Option<&LedgerEntry>,
+    now: Timestamp,
+) {
+    match ledger.filter(|l| l.version == row.version) {
+        None => {
+            let _ = writeln!(
+                out,
+                "  requeues    none recorded for this row since it last changed"
+            );
+        }
+        Some(l) => {
+            let next = sweep.rules.pending.as_ref().map(|p| {
+                l.last_requeued_at
+                    + TimeDelta::from_std(requeue_interval(p, l.attempts)).unwrap_or(TimeDelta::MAX)
+            });
+            let _ = writeln!(
+                out,
+                "  requeues    {} so far, the last at {} ({} ago){}",
+                l.attempts,
+                when(l.last_requeued_at),
+                human_age((now - l.last_requeued_at).num_seconds() as f64),
+                next.map(|n| format!("; the next not before {}", when(n)))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(job) = &sweep.job {
+        let _ = writeln!(
+            out,
+            "  job         {} {} on {}",
+            job.class,
+            serde_json::Value::from(row.args.clone()),
+            job.queue
+        );
+        if let Some(q) = cfg.queues.get(&job.queue_ref) {
+            if matches!(q.kind, QueueKind::Jsonl { .. }) {
+                let _ = writeln!(out, "              (appended to a jsonl file)");
+            }
+            match crate::adapters::queue::preview(q, job, &row.args, now) {
+                Some(Ok(payload)) => {
+                    let _ = writeln!(out, "  payload     {payload}");
+                    let _ = writeln!(out, "              (as the worker will receive it)");
+                }
+                Some(Err(e)) => {
+                    let _ = writeln!(out, "  payload     cannot be built: {e}");
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// What one source's scan holds for the row: the files read, and each
+/// message with the lookup key since the row's time (less slack), line by
+/// line and recipient by recipient.
+fn scan_lines(out: &mut String, scan: &SourceScan, row: &StuckRow, lookup: &str) {
+    let _ = writeln!(
+        out,
+        "              scanned {} file(s), {} lines: {}",
+        scan.stats.files,
+        scan.stats.lines,
+        scan.files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let since = row.updated_at - TimeDelta::from_std(scan.slack).unwrap_or(TimeDelta::MAX);
+    let all = scan.store.instances(lookup, None);
+    let counted = scan.store.instances(lookup, Some(since));
+    if all.len() > counted.len() {
+        let _ = writeln!(
+            out,
+            "              {} older message(s) with this key before {} (row time − slack) are ignored",
+            all.len() - counted.len(),
+            when(since)
+        );
+    }
+    for m in counted {
+        let _ = writeln!(
+            out,
+            "              message {}{}",
+            m.id,
+            m.first_seen
+                .map(|t| format!(", first seen {}", when(t)))
+                .unwrap_or_default()
+        );
+        for (l, text) in m.lines.iter().zip(&m.texts) {
+            let file = scan
+                .files
+                .get(l.file as usize)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let _ = writeln!(out, "                {file}:{}  {text}", l.line);
+        }
+        for r in &m.recipients {
+            let _ = writeln!(
+                out,
+                "                recipient {}: {}{}",
+                r.rcpt,
+                m.effective_status(r).as_str(),
+                if r.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.detail)
+                }
+            );
+        }
+        if let Some(n) = m.expected_recipients {
+            if n > m.recipients.len() {
+                let _ = writeln!(
+                    out,
+                    "                {} of {n} recipients have no outcome logged yet",
+                    n - m.recipients.len()
+                );
+            }
+        }
+    }
 }
 
 pub async fn run(cfg: &Config, sweep: &str, key: &str) -> anyhow::Result<u8> {
