@@ -70,42 +70,60 @@ fn must<T>(r: prometheus::Result<T>) -> T {
     r.expect("metric definitions are static and valid")
 }
 
+/// Registers collectors in order, keeping each family's name.
+struct Families {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Families {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&mut self, c: C) -> C {
+        self.names
+            .extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        must(self.registry.register(Box::new(c.clone())));
+        c
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let rows = must(IntGaugeVec::new(
+        let mut f = Families {
+            registry: Registry::new(),
+            names: Vec::new(),
+        };
+        let rows = f.add(must(IntGaugeVec::new(
             Opts::new(
                 "sweeper_rows",
                 "Rows now in pending, sending or error, any age.",
             ),
             &["sweep", "state"],
-        ));
-        let stuck = must(IntGaugeVec::new(
+        )));
+        let stuck = f.add(must(IntGaugeVec::new(
             Opts::new("sweeper_stuck_rows", "Rows past their state's threshold."),
             &["sweep", "state"],
-        ));
-        let oldest = must(GaugeVec::new(
+        )));
+        let oldest = f.add(must(GaugeVec::new(
             Opts::new(
                 "sweeper_oldest_stuck_age_seconds",
                 "Age of the oldest stuck row (0 when none), by the database clock.",
             ),
             &["sweep", "state"],
-        ));
-        let actions = must(IntCounterVec::new(
+        )));
+        let actions = f.add(must(IntCounterVec::new(
             Opts::new(
                 "sweeper_actions_total",
                 "Actions taken: applied requeues and marks, rows left or held, rows that had already moved.",
             ),
             &["sweep", "action"],
-        ));
-        let errors = must(IntCounterVec::new(
+        )));
+        let errors = f.add(must(IntCounterVec::new(
             Opts::new(
                 "sweeper_errors_total",
                 "Errors met during passes, by stage.",
             ),
             &["sweep", "stage"],
-        ));
-        let duration = must(HistogramVec::new(
+        )));
+        let duration = f.add(must(HistogramVec::new(
             HistogramOpts::new(
                 "sweeper_pass_duration_seconds",
                 "Duration of a sweep's pass.",
@@ -114,99 +132,78 @@ impl Metrics {
                 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
             ]),
             &["sweep"],
-        ));
-        let last_success = must(GaugeVec::new(
+        )));
+        let last_success = f.add(must(GaugeVec::new(
             Opts::new(
                 "sweeper_last_success_timestamp_seconds",
                 "Unix time of the sweep's last pass that finished without errors.",
             ),
             &["sweep"],
-        ));
-        let held = must(IntGaugeVec::new(
+        )));
+        let held = f.add(must(IntGaugeVec::new(
             Opts::new(
                 "sweeper_held_rows",
                 "Rows held in the last pass, by reason.",
             ),
             &["sweep", "reason"],
-        ));
-        let lookups = must(IntCounterVec::new(
+        )));
+        let lookups = f.add(must(IntCounterVec::new(
             Opts::new(
                 "sweeper_evidence_lookups_total",
                 "Evidence lookups for stuck sending rows, by source and verdict.",
             ),
             &["source", "result"],
-        ));
-        let source_up = must(IntGaugeVec::new(
+        )));
+        let source_up = f.add(must(IntGaugeVec::new(
             Opts::new(
                 "sweeper_evidence_source_up",
                 "1 when the evidence source could be read in the last pass that used it, else 0.",
             ),
             &["source"],
-        ));
-        let expiring = must(IntGaugeVec::new(
+        )));
+        let expiring = f.add(must(IntGaugeVec::new(
             Opts::new(
                 "sweeper_evidence_expiring_rows",
                 "Sending rows without a verdict whose provider evidence expires before give_up_after.",
             ),
             &["sweep"],
-        ));
-        let reloads = must(IntCounterVec::new(
+        )));
+        let reloads = f.add(must(IntCounterVec::new(
             Opts::new(
                 "sweeper_config_reloads_total",
                 "Config reloads (SIGHUP), by result.",
             ),
             &["result"],
-        ));
-        let reload_ok = must(IntGaugeVec::new(
+        )));
+        let reload_ok = f.add(must(IntGaugeVec::new(
             Opts::new(
                 "sweeper_config_last_reload_successful",
                 "1 when the last config reload succeeded (or none was attempted), else 0.",
             ),
             &[],
-        ));
-        let examined = must(IntCounterVec::new(
+        )));
+        let examined = f.add(must(IntCounterVec::new(
             Opts::new(
                 "sweeper_rows_examined_total",
                 "Stale rows read and decided by passes; a daemon pass that finds its sweep at rest and unchanged examines none.",
             ),
             &["sweep"],
-        ));
-        let build = must(IntGaugeVec::new(
+        )));
+        let build = f.add(must(IntGaugeVec::new(
             Opts::new(
                 "sweeper_build_info",
                 "Build information; the value is always 1.",
             ),
             &["version"],
-        ));
+        )));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let mut names = Vec::new();
-        for c in [
-            Box::new(rows.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(stuck.clone()),
-            Box::new(oldest.clone()),
-            Box::new(actions.clone()),
-            Box::new(errors.clone()),
-            Box::new(duration.clone()),
-            Box::new(last_success.clone()),
-            Box::new(held.clone()),
-            Box::new(lookups.clone()),
-            Box::new(source_up.clone()),
-            Box::new(expiring.clone()),
-            Box::new(reloads.clone()),
-            Box::new(reload_ok.clone()),
-            Box::new(examined.clone()),
-            Box::new(build),
-        ] {
-            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
-            must(registry.register(c));
-        }
         for r in ["success", "error"] {
             reloads.with_label_values(&[r]);
         }
         reload_ok.with_label_values(&[] as &[&str]).set(1);
         Metrics {
-            registry,
-            names,
+            registry: f.registry,
+            names: f.names,
             rows,
             stuck,
             oldest,
