@@ -392,11 +392,10 @@ async fn fetch_with(
     rows: &[WantedRow],
     scan: &mut ProviderScan,
 ) {
-    let base = cfg.base_url.trim_end_matches('/').to_string();
-    let wanted: HashSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let base = cfg.base_url.trim_end_matches('/');
     let conc = cfg.concurrency.max(1) as usize;
-    let mut events: Vec<ProviderEvent> = Vec::new();
-    match &cfg.api {
+    let failed = &mut scan.failed;
+    let mut events = match &cfg.api {
         ProviderApi::Mailgun { domain, .. } => {
             let url = |extra: String| {
                 format!(
@@ -405,18 +404,7 @@ async fn fetch_with(
                 )
             };
             if rows.len() > cfg.time_range_above {
-                // One time-range scan, matched locally.
-                let begin = rows.iter().map(|r| r.since).min().map(epoch).unwrap_or(0);
-                match mailgun_pages(client, url(format!("begin={begin}&"))).await {
-                    Ok(ev) => {
-                        events.extend(ev.into_iter().filter(|e| wanted.contains(e.key.as_str())))
-                    }
-                    Err(e) => {
-                        for r in rows {
-                            scan.failed.insert(r.key.clone(), e.clone());
-                        }
-                    }
-                }
+                mailgun_time_range(client, rows, &url, failed).await
             } else {
                 let results = bounded(rows, conc, |r| {
                     let u = url(format!(
@@ -424,98 +412,24 @@ async fn fetch_with(
                         encode(&r.key),
                         epoch(r.since)
                     ));
-                    async move { (r.key.clone(), mailgun_pages(client, u).await) }
+                    async move {
+                        let res = mailgun_pages(client, u)
+                            .await
+                            .map(|ev| ev.into_iter().filter(|e| e.key == r.key).collect());
+                        (r.key.clone(), res)
+                    }
                 })
                 .await;
-                for (key, res) in results {
-                    match res {
-                        Ok(ev) => events.extend(ev.into_iter().filter(|e| e.key == key)),
-                        Err(e) => {
-                            scan.failed.insert(key, e);
-                        }
-                    }
-                }
+                keep_answered(results, failed)
             }
         }
-        ProviderApi::Sendgrid { .. } => {
-            let batches: Vec<Vec<String>> = rows
-                .chunks(10)
-                .map(|c| c.iter().map(|r| r.key.clone()).collect())
-                .collect();
-            let results = bounded(&batches, conc, |keys| {
-                let base = &base;
-                async move {
-                    if let Some(bad) = keys.iter().find(|k| k.contains('\'') || k.contains('%')) {
-                        return (
-                            keys.clone(),
-                            Err(format!("sendgrid: cannot query msg_id {bad:?}")),
-                        );
-                    }
-                    let query = keys
-                        .iter()
-                        .map(|k| format!("msg_id LIKE '{k}%'"))
-                        .collect::<Vec<_>>()
-                        .join(" OR ");
-                    let u = format!("{base}/v3/messages?limit=1000&query={}", encode(&query));
-                    let res = match client.get(&u, false).await {
-                        Ok(Some(doc)) => provider::sendgrid_messages(&doc, keys),
-                        Ok(None) => Ok(Vec::new()),
-                        Err(e) => Err(e),
-                    };
-                    (keys.clone(), res)
-                }
-            })
-            .await;
-            for (keys, res) in results {
-                match res {
-                    Ok(ev) => events.extend(ev),
-                    Err(e) => {
-                        for k in keys {
-                            scan.failed.insert(k, e.clone());
-                        }
-                    }
-                }
-            }
-        }
+        ProviderApi::Sendgrid { .. } => sendgrid_batches(client, base, rows, conc, failed).await,
         ProviderApi::Postmark { metadata_key, .. } => {
             let results = bounded(rows, conc, |r| {
-                let base = &base;
-                async move {
-                    let ids = match metadata_key {
-                        None => vec![r.key.clone()],
-                        Some(k) => {
-                            // Outbound search by one metadata field.
-                            let u = format!(
-                                "{base}/messages/outbound?count=50&offset=0&metadata_{}={}",
-                                encode(k),
-                                encode(&r.key)
-                            );
-                            match client.get(&u, false).await {
-                                Ok(Some(doc)) => provider::postmark_search_ids(&doc),
-                                Ok(None) => Vec::new(),
-                                Err(e) => return (r.key.clone(), Err(e)),
-                            }
-                        }
-                    };
-                    let mut ev = Vec::new();
-                    for id in ids {
-                        match postmark_message(client, base, &id, &r.key).await {
-                            Ok(mut e) => ev.append(&mut e),
-                            Err(e) => return (r.key.clone(), Err(e)),
-                        }
-                    }
-                    (r.key.clone(), Ok(ev))
-                }
+                postmark_row(client, base, metadata_key.as_deref(), &r.key)
             })
             .await;
-            for (key, res) in results {
-                match res {
-                    Ok(ev) => events.extend(ev),
-                    Err(e) => {
-                        scan.failed.insert(key, e);
-                    }
-                }
-            }
+            keep_answered(results, failed)
         }
         ProviderApi::Http {
             url,
@@ -546,20 +460,136 @@ async fn fetch_with(
                 (r.key.clone(), res)
             })
             .await;
-            for (key, res) in results {
-                match res {
-                    Ok(ev) => events.extend(ev),
-                    Err(e) => {
-                        scan.failed.insert(key, e);
-                    }
-                }
-            }
+            keep_answered(results, failed)
         }
-    }
+    };
     for e in &mut events {
         e.key = normalize_key(&e.key).to_string();
     }
     provider::record(&mut scan.store, &mut events, &mut scan.refs);
+}
+
+/// One answer per key: its events, or why the source could not be asked.
+type KeyedEvents = (String, Result<Vec<ProviderEvent>, String>);
+
+/// The events of every key that was answered; each key that was not goes
+/// into `failed` with its reason.
+fn keep_answered(
+    results: Vec<KeyedEvents>,
+    failed: &mut HashMap<String, String>,
+) -> Vec<ProviderEvent> {
+    let mut events = Vec::new();
+    for (key, res) in results {
+        match res {
+            Ok(mut ev) => events.append(&mut ev),
+            Err(e) => {
+                failed.insert(key, e);
+            }
+        }
+    }
+    events
+}
+
+/// Mailgun, many rows: one time-range scan from the oldest row, matched
+/// locally. When it fails, every row fails with it.
+async fn mailgun_time_range(
+    client: &Client,
+    rows: &[WantedRow],
+    url: &impl Fn(String) -> String,
+    failed: &mut HashMap<String, String>,
+) -> Vec<ProviderEvent> {
+    let wanted: HashSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let begin = rows.iter().map(|r| r.since).min().map(epoch).unwrap_or(0);
+    match mailgun_pages(client, url(format!("begin={begin}&"))).await {
+        Ok(ev) => ev
+            .into_iter()
+            .filter(|e| wanted.contains(e.key.as_str()))
+            .collect(),
+        Err(e) => {
+            for r in rows {
+                failed.insert(r.key.clone(), e.clone());
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// SendGrid: ten message ids per query (`msg_id LIKE 'id%' OR …`); a
+/// failed query fails each of its keys.
+async fn sendgrid_batches(
+    client: &Client,
+    base: &str,
+    rows: &[WantedRow],
+    conc: usize,
+    failed: &mut HashMap<String, String>,
+) -> Vec<ProviderEvent> {
+    let batches: Vec<Vec<String>> = rows
+        .chunks(10)
+        .map(|c| c.iter().map(|r| r.key.clone()).collect())
+        .collect();
+    let results = bounded(&batches, conc, |keys| async move {
+        if let Some(bad) = keys.iter().find(|k| k.contains('\'') || k.contains('%')) {
+            return (keys, Err(format!("sendgrid: cannot query msg_id {bad:?}")));
+        }
+        let query = keys
+            .iter()
+            .map(|k| format!("msg_id LIKE '{k}%'"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let u = format!("{base}/v3/messages?limit=1000&query={}", encode(&query));
+        let res = match client.get(&u, false).await {
+            Ok(Some(doc)) => provider::sendgrid_messages(&doc, keys),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        };
+        (keys, res)
+    })
+    .await;
+    let mut events = Vec::new();
+    for (keys, res) in results {
+        match res {
+            Ok(mut ev) => events.append(&mut ev),
+            Err(e) => {
+                for k in keys {
+                    failed.insert(k.clone(), e.clone());
+                }
+            }
+        }
+    }
+    events
+}
+
+/// Postmark, one row: its message ids (the key itself, or an outbound
+/// search by one metadata field), then each message's details.
+async fn postmark_row(
+    client: &Client,
+    base: &str,
+    metadata_key: Option<&str>,
+    key: &str,
+) -> KeyedEvents {
+    let ids = match metadata_key {
+        None => vec![key.to_string()],
+        Some(k) => {
+            let u = format!(
+                "{base}/messages/outbound?count=50&offset=0&metadata_{}={}",
+                encode(k),
+                encode(key)
+            );
+            match client.get(&u, false).await {
+                Ok(Some(doc)) => provider::postmark_search_ids(&doc),
+                Ok(None) => Vec::new(),
+                Err(e) => return (key.to_string(), Err(e)),
+            }
+        }
+    };
+    let mut ev = Vec::new();
+    for id in ids {
+        match postmark_message(client, base, &id, key).await {
+            Ok(mut e) => ev.append(&mut e),
+            Err(e) => return (key.to_string(), Err(e)),
+        }
+    }
+    (key.to_string(), Ok(ev))
 }
 
 #[cfg(test)]
