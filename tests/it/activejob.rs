@@ -11,7 +11,6 @@ use crate::support::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 fn app_dir() -> PathBuf {
     root().join("tests/consumers/activejob")
@@ -136,26 +135,12 @@ async fn sidekiq_runs_the_activejob_jobs_sweeper_requeued() {
     jids.sort();
 
     // A real ActiveJob worker performs both.
-    let mut sk = Guarded(
-        Command::new("sidekiq")
-            .args(["-r", "./app.rb", "-q", "mailers", "-c", "2", "-t", "1"])
-            .current_dir(app_dir())
-            .env("REDIS_URL", redis_url())
-            .env("SIDEKIQ_NAMESPACE", &ns)
-            .env("AJ_OUT", &out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sidekiq starts"),
-    );
-    let runs = wait_until("sidekiq to perform 2 jobs", Duration::from_secs(60), || {
-        let j = read_jsonl(&out);
-        (j.len() >= 2).then_some(j)
-    });
-    let _ = Command::new("kill")
-        .args(["-TERM", &sk.id().to_string()])
-        .status();
-    let _ = sk.wait();
+    let out_path = out.display().to_string();
+    let env = [
+        ("SIDEKIQ_NAMESPACE", ns.as_str()),
+        ("AJ_OUT", out_path.as_str()),
+    ];
+    let runs = sidekiq_performs(&app_dir(), "app.rb", "mailers", &env, &out, 2);
     let mut got: Vec<(i64, i64, String)> = runs
         .iter()
         .map(|j| {

@@ -8,7 +8,7 @@ use crate::support::*;
 use serde_json::{json, Value};
 use sqlx::Row;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// The resque queue block `config()` writes (namespace `unused`).
@@ -93,26 +93,13 @@ async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none() {
 
     // A real Sidekiq (Debian's ruby-sidekiq) performs them.
     let out = dir.path().join("sidekiq.jsonl");
-    let mut sk = Guarded(
-        Command::new("sidekiq")
-            .args(["-r", "./worker.rb", "-q", "notify", "-c", "2", "-t", "1"])
-            .current_dir(root().join("tests/consumers/sidekiq"))
-            .env("REDIS_URL", redis_url())
-            .env("SIDEKIQ_NAMESPACE", &ns)
-            .env("SIDEKIQ_OUT", &out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sidekiq starts"),
-    );
-    let jobs = wait_until("sidekiq to perform 3 jobs", Duration::from_secs(40), || {
-        let j = read_jsonl(&out);
-        (j.len() >= 3).then_some(j)
-    });
-    let _ = Command::new("kill")
-        .args(["-TERM", &sk.id().to_string()])
-        .status();
-    let _ = sk.wait();
+    let out_path = out.display().to_string();
+    let env = [
+        ("SIDEKIQ_NAMESPACE", ns.as_str()),
+        ("SIDEKIQ_OUT", out_path.as_str()),
+    ];
+    let app = root().join("tests/consumers/sidekiq");
+    let jobs = sidekiq_performs(&app, "worker.rb", "notify", &env, &out, 3);
     assert_eq!(jobs.len(), 3);
     assert!(jobs.iter().all(|j| j["class"] == "NotifyUser"));
     assert_eq!(sorted_args(&jobs), ["[12,2]", "[20,10]", "[null,3]"]);

@@ -283,6 +283,49 @@ pub fn resque_spawn(
     (Guarded(child), out)
 }
 
+/// Run a real Sidekiq (`sidekiq -r ./{require} -q {queue}` in `app`, with
+/// `env` added to REDIS_URL) until it has written `n` jobs to the jsonl file
+/// `out`, then stop it with TERM. What it wrote is returned.
+pub fn sidekiq_performs(
+    app: &Path,
+    require: &str,
+    queue: &str,
+    env: &[(&str, &str)],
+    out: &Path,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let mut sk = Guarded(
+        Command::new("sidekiq")
+            .args([
+                "-r",
+                &format!("./{require}"),
+                "-q",
+                queue,
+                "-c",
+                "2",
+                "-t",
+                "1",
+            ])
+            .current_dir(app)
+            .env("REDIS_URL", redis_url())
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sidekiq starts"),
+    );
+    let what = format!("sidekiq to perform {n} jobs");
+    let jobs = wait_until(&what, std::time::Duration::from_secs(60), || {
+        let j = read_jsonl(out);
+        (j.len() >= n).then_some(j)
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &sk.id().to_string()])
+        .status();
+    let _ = sk.wait();
+    jobs
+}
+
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
