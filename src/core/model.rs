@@ -58,6 +58,16 @@ pub struct StuckRow {
     pub lookups: Vec<Option<String>>,
 }
 
+impl StuckRow {
+    /// The value of lookup column `index`; empty when it is NULL.
+    pub fn lookup(&self, index: usize) -> &str {
+        self.lookups
+            .get(index)
+            .and_then(|v| v.as_deref())
+            .unwrap_or_default()
+    }
+}
+
 /// Sweeper's own bookkeeping for a row it has requeued.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerEntry {

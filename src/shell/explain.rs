@@ -123,23 +123,18 @@ pub fn render(cfg: &Config, sweep: &SweepConfig, key: &str, result: &PassResult)
 
     for (i, sv) in evidence.iter().enumerate() {
         let e = &sweep.evidence[i];
-        let lookup = row
-            .lookups
-            .get(e.lookup)
-            .cloned()
-            .flatten()
-            .unwrap_or_default();
+        let lookup = row.lookup(e.lookup);
         let _ = writeln!(
             out,
             "  evidence    {} — lookup {} = {:?}",
             sv.source, e.column, lookup
         );
         match result.scans.get(&sv.source) {
-            Some(Ok(scan)) => scan_lines(&mut out, scan, row, &lookup),
+            Some(Ok(scan)) => scan_lines(&mut out, scan, row, lookup),
             Some(Err(e)) => {
                 let _ = writeln!(out, "              source unavailable: {e}");
             }
-            None if normalize_key(&lookup).is_empty() => {}
+            None if normalize_key(lookup).is_empty() => {}
             None => {
                 let _ = writeln!(out, "              not scanned");
             }

@@ -660,8 +660,7 @@ fn read_once_kind(kind: &EvidenceKind, opts: &PassOptions, stale_sending: u64) -
 /// The lookup of one evidence entry for a row: the normalised key, the
 /// window start and the extra fields, or `None` when the row has no value.
 fn wanted_row(cfg: &Config, e: &EvidenceRef, row: &StuckRow) -> Option<WantedRow> {
-    let v = row.lookups.get(e.lookup)?.as_deref()?;
-    let k = normalize_key(v);
+    let k = normalize_key(row.lookup(e.lookup));
     if k.is_empty() {
         return None;
     }
@@ -675,12 +674,7 @@ fn wanted_row(cfg: &Config, e: &EvidenceRef, row: &StuckRow) -> Option<WantedRow
         fields: e
             .extra
             .iter()
-            .map(|(name, i)| {
-                (
-                    name.clone(),
-                    row.lookups.get(*i).cloned().flatten().unwrap_or_default(),
-                )
-            })
+            .map(|(name, i)| (name.clone(), row.lookup(*i).to_string()))
             .collect(),
     })
 }
@@ -981,13 +975,8 @@ fn source_verdict(
     index: Result<&dyn EvidenceIndex, &str>,
     now: Timestamp,
 ) -> SourceVerdict {
-    let lookup = row
-        .lookups
-        .get(e.lookup)
-        .cloned()
-        .flatten()
-        .unwrap_or_default();
-    let key = normalize_key(&lookup);
+    let lookup = row.lookup(e.lookup);
+    let key = normalize_key(lookup);
     if key.is_empty() {
         return SourceVerdict {
             source: e.source.clone(),
@@ -1006,7 +995,7 @@ fn source_verdict(
     let since = scan
         .windowed()
         .then(|| row.updated_at - delta(scan.slack()));
-    let kv = scan.store().verdict(&lookup, since);
+    let kv = scan.store().verdict(lookup, since);
     let mut references = Vec::new();
     for m in &kv.instances {
         for l in m.lines.iter().take(20) {
