@@ -73,6 +73,7 @@ async fn main() {
             .collect();
         let keys: Vec<String> = (0..jobs).map(|i| i.to_string()).collect();
         let now = chrono::Utc::now();
+        let no_kwargs = serde_json::Map::new();
         for chunk in (0..jobs as usize).collect::<Vec<_>>().chunks(10_000) {
             let reqs: Vec<sweeper::adapters::queue::JobRequest<'_>> = chunk
                 .iter()
@@ -83,6 +84,8 @@ async fn main() {
                     queue: "notify",
                     class: "NotifyUser",
                     args: &args[*i],
+                    kwargs: &no_kwargs,
+                    job_id: None,
                     activejob: None,
                 })
                 .collect();

@@ -178,6 +178,9 @@ pub enum QueueKind {
     Jsonl { path: std::path::PathBuf },
     Amqp(AmqpConfig),
     Http(HttpQueueConfig),
+    Celery(CeleryConfig),
+    Bullmq(BullmqConfig),
+    Rq(RqConfig),
 }
 
 impl QueueKind {
@@ -188,8 +191,86 @@ impl QueueKind {
             QueueKind::Jsonl { .. } => "jsonl",
             QueueKind::Amqp(_) => "amqp",
             QueueKind::Http(_) => "http",
+            QueueKind::Celery(_) => "celery",
+            QueueKind::Bullmq(_) => "bullmq",
+            QueueKind::Rq(_) => "rq",
         }
     }
+
+    /// The presence check and `require_workers` of kinds that have them.
+    pub fn checks(&self) -> (Option<PresenceConfig>, bool) {
+        match self {
+            QueueKind::Resque(r) => (r.presence.clone(), r.require_workers),
+            QueueKind::Sidekiq(s) => (s.presence.clone(), s.require_workers),
+            QueueKind::Celery(c) => (c.presence.clone(), false),
+            QueueKind::Bullmq(b) => (b.presence.clone(), false),
+            QueueKind::Rq(r) => (r.presence.clone(), false),
+            QueueKind::Jsonl { .. } | QueueKind::Amqp(_) | QueueKind::Http(_) => (None, false),
+        }
+    }
+}
+
+/// Celery (message protocol v2) through its broker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CeleryConfig {
+    pub broker: CeleryBroker,
+    /// 0–9; on Redis kombu files it under the nearest lower step of 0/3/6/9.
+    pub priority: u8,
+    pub presence: Option<PresenceConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CeleryBroker {
+    /// kombu's Redis transport; `global_keyprefix` prefixes every key.
+    Redis {
+        url: SecretUrl,
+        global_keyprefix: String,
+    },
+    /// RabbitMQ: published to the default exchange with the queue's name as
+    /// routing key, after a passive declare, with publisher confirms.
+    Amqp {
+        url: SecretUrl,
+        confirm_timeout: Duration,
+    },
+}
+
+impl CeleryBroker {
+    pub fn url(&self) -> &SecretUrl {
+        match self {
+            CeleryBroker::Redis { url, .. } | CeleryBroker::Amqp { url, .. } => url,
+        }
+    }
+}
+
+/// BullMQ (v5+ key layout, with the `marker` set workers block on).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BullmqConfig {
+    pub redis: SecretUrl,
+    pub prefix: String,
+    /// Job options written into `opts`: `attempts`, `backoff`.
+    pub attempts: Option<u32>,
+    pub backoff: Option<BullBackoff>,
+    pub presence: Option<PresenceConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BullBackoff {
+    /// `fixed` or `exponential`.
+    pub kind: String,
+    pub delay_ms: u64,
+}
+
+/// Python RQ. New jobs are written only for workers using RQ's
+/// `JSONSerializer`; requeue by id needs no serializer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RqConfig {
+    pub redis: SecretUrl,
+    /// The workers use `JSONSerializer`; `false`: RQ's default pickle, for
+    /// which only requeue by id is possible.
+    pub json: bool,
+    /// New jobs' `timeout` in seconds.
+    pub job_timeout: u64,
+    pub presence: Option<PresenceConfig>,
 }
 
 /// Bounded presence check: how many queue entries to look at at most.
@@ -484,6 +565,13 @@ pub struct JobConfig {
     pub args: Vec<Ident>,
     /// `Some` for `format: activejob`.
     pub activejob: Option<ActiveJobFormat>,
+    /// Plain jobs: positional arguments, as indices into `args`.
+    pub positional: Vec<usize>,
+    /// Plain jobs: keyword arguments (Celery, RQ) or the fields of the job's
+    /// data object (BullMQ), as indices into `args`.
+    pub kwargs: Vec<(String, usize)>,
+    /// RQ: requeue the job whose id is in this column (index into `args`).
+    pub job_id: Option<usize>,
 }
 
 /// A Rails ActiveJob envelope around the job (`format: activejob`).

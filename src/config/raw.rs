@@ -108,6 +108,65 @@ pub struct RawPresenceOptions {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawCelery {
+    pub kind: String,
+    /// `redis://…` (kombu's Redis transport) or `amqp://…` (RabbitMQ).
+    pub broker: String,
+    /// kombu's `global_keyprefix` (Redis brokers only).
+    #[serde(default)]
+    pub global_keyprefix: Option<String>,
+    /// Message priority 0–9 (Redis: kombu's priority queues).
+    #[serde(default)]
+    pub priority: Option<u8>,
+    #[serde(default)]
+    pub confirm_timeout: Option<String>,
+    #[serde(default)]
+    pub presence_check: Option<RawPresence>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBullmq {
+    pub kind: String,
+    pub redis: String,
+    /// BullMQ's key prefix (default `bull`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff: Option<RawBullBackoff>,
+    #[serde(default)]
+    pub presence_check: Option<RawPresence>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBullBackoff {
+    /// `fixed` or `exponential`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub delay: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRq {
+    pub kind: String,
+    pub redis: String,
+    /// The workers' serializer: `pickle` (RQ's default) or `json`
+    /// (rq.serializers.JSONSerializer). New jobs need `json`.
+    #[serde(default)]
+    pub serializer: Option<String>,
+    /// RQ's job `timeout` for new jobs, in seconds (default 180, RQ's own).
+    #[serde(default)]
+    pub job_timeout: Option<u64>,
+    #[serde(default)]
+    pub presence_check: Option<RawPresence>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawJsonl {
     pub kind: String,
     pub path: String,
@@ -287,13 +346,22 @@ pub struct RawBackoff {
 #[serde(deny_unknown_fields)]
 pub struct RawJob {
     pub queue: String,
-    pub class: String,
+    /// Job class, Celery task name, RQ function or BullMQ job name; not
+    /// needed to requeue an RQ job by id.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// BullMQ: the job's data object, field name → column.
+    #[serde(default)]
+    pub data: Option<BTreeMap<String, RawArg>>,
+    /// RQ: the column holding the id of the RQ job to requeue.
+    #[serde(default)]
+    pub job_id: Option<String>,
     #[serde(default)]
     pub args: Vec<RawArg>,
     /// `plain` (default) or `activejob`.
     #[serde(default)]
     pub format: Option<String>,
-    /// ActiveJob keyword arguments: name → column.
+    /// Keyword arguments: name → column (ActiveJob, Celery, RQ).
     #[serde(default)]
     pub kwargs: Option<BTreeMap<String, RawArg>>,
     /// ActiveJob: the wrapper class the app's adapter enqueues.

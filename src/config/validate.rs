@@ -289,7 +289,7 @@ fn metrics_config(p: &mut Problems, raw: RawMetrics) -> Option<MetricsConfig> {
     Some(MetricsConfig { listen })
 }
 
-const QUEUE_KINDS: &str = "resque, sidekiq, jsonl, amqp, http";
+const QUEUE_KINDS: &str = "resque, sidekiq, jsonl, amqp, http, celery, bullmq, rq";
 
 fn kind_of(p: &mut Problems, path: &str, node: &Node, kinds: &str) -> Option<String> {
     match node.get("kind") {
@@ -379,6 +379,9 @@ fn queue(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<QueueCo
         "jsonl" => jsonl_queue(p, path, node)?,
         "amqp" => amqp_queue(p, path, node)?,
         "http" => http_queue(p, path, node)?,
+        "celery" => celery_queue(p, path, node)?,
+        "bullmq" => bullmq_queue(p, path, node)?,
+        "rq" => rq_queue(p, path, node)?,
         other => {
             p.push(
                 yaml::join(path, "kind"),
@@ -457,6 +460,124 @@ fn sidekiq_queue(p: &mut Problems, path: &str, node: Node) -> Option<QueueKind> 
         job_fields,
         presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
         require_workers: raw.require_workers.unwrap_or(false),
+    }))
+}
+
+fn celery_queue(p: &mut Problems, path: &str, node: Node) -> Option<QueueKind> {
+    let raw: RawCelery = p.decode(node, path)?;
+    let bp = yaml::join(path, "broker");
+    let priority = raw.priority.unwrap_or(0);
+    if priority > 9 {
+        p.push(
+            yaml::join(path, "priority"),
+            format!("priority {priority} is out of range: 0 to 9"),
+        );
+    }
+    let amqp = raw.broker.starts_with("amqp://") || raw.broker.starts_with("amqps://");
+    let broker = if amqp {
+        if raw.global_keyprefix.is_some() {
+            p.push(
+                yaml::join(path, "global_keyprefix"),
+                "`global_keyprefix` is a Redis transport option; this broker is amqp://",
+            );
+        }
+        let confirm_timeout = duration_or(
+            p,
+            &yaml::join(path, "confirm_timeout"),
+            raw.confirm_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        CeleryBroker::Amqp {
+            url: SecretUrl::new(raw.broker),
+            confirm_timeout: confirm_timeout?,
+        }
+    } else if raw.broker.starts_with("redis://") || raw.broker.starts_with("rediss://") {
+        if raw.confirm_timeout.is_some() {
+            p.push(
+                yaml::join(path, "confirm_timeout"),
+                "`confirm_timeout` applies to amqp:// brokers; Redis has no publisher confirms",
+            );
+        }
+        CeleryBroker::Redis {
+            url: SecretUrl::new(redis_url(p, &bp, &raw.broker)?),
+            global_keyprefix: raw.global_keyprefix.unwrap_or_default(),
+        }
+    } else {
+        p.push(
+            bp,
+            format!(
+                "invalid broker {:?}: expected redis://host:6379/0 or amqp://user:pass@host:5672/vhost",
+                redact_url(&raw.broker)
+            ),
+        );
+        return None;
+    };
+    if matches!(broker, CeleryBroker::Amqp { .. }) && raw.presence_check.is_some() {
+        p.push(
+            yaml::join(path, "presence_check"),
+            "a RabbitMQ queue cannot be read without taking its messages: presence_check works with redis:// brokers only",
+        );
+    }
+    Some(QueueKind::Celery(CeleryConfig {
+        broker,
+        priority,
+        presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
+    }))
+}
+
+fn bullmq_queue(p: &mut Problems, path: &str, node: Node) -> Option<QueueKind> {
+    let raw: RawBullmq = p.decode(node, path)?;
+    let redis = redis_url(p, &yaml::join(path, "redis"), &raw.redis);
+    let prefix = raw.prefix.unwrap_or_else(|| "bull".into());
+    namespace_ok(p, &yaml::join(path, "prefix"), &prefix);
+    if raw.attempts == Some(0) {
+        p.push(yaml::join(path, "attempts"), "must be at least 1");
+    }
+    let backoff = raw.backoff.and_then(|b| {
+        let bp = yaml::join(path, "backoff");
+        if !matches!(b.kind.as_str(), "fixed" | "exponential") {
+            p.push(
+                yaml::join(&bp, "type"),
+                format!("unknown backoff type {:?} (fixed, exponential)", b.kind),
+            );
+        }
+        let delay = p.check(&yaml::join(&bp, "delay"), parse_duration(&b.delay))?;
+        Some(BullBackoff {
+            kind: b.kind,
+            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        })
+    });
+    Some(QueueKind::Bullmq(BullmqConfig {
+        redis: SecretUrl::new(redis?),
+        prefix,
+        attempts: raw.attempts,
+        backoff,
+        presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
+    }))
+}
+
+fn rq_queue(p: &mut Problems, path: &str, node: Node) -> Option<QueueKind> {
+    let raw: RawRq = p.decode(node, path)?;
+    let redis = redis_url(p, &yaml::join(path, "redis"), &raw.redis);
+    let json = match raw.serializer.as_deref() {
+        Some("json") => true,
+        Some("pickle") | None => false,
+        Some(other) => {
+            p.push(
+                yaml::join(path, "serializer"),
+                format!("unknown serializer {other:?} (pickle, json)"),
+            );
+            false
+        }
+    };
+    if raw.job_timeout == Some(0) {
+        p.push(yaml::join(path, "job_timeout"), "must be at least 1 second");
+    }
+    Some(QueueKind::Rq(RqConfig {
+        redis: SecretUrl::new(redis?),
+        json,
+        job_timeout: raw.job_timeout.unwrap_or(180),
+        presence: presence(p, &yaml::join(path, "presence_check"), raw.presence_check),
     }))
 }
 
@@ -1188,14 +1309,21 @@ fn job_arg(p: &mut Problems, cols: &mut ArgColumns, path: &str, a: &RawArg, aj: 
     AjArg { column, kind }
 }
 
+/// What `job_args` found: the columns a job reads, the ActiveJob envelope,
+/// and for plain jobs how the columns become its arguments.
+struct JobShape {
+    /// `None` when a column was invalid (reported).
+    columns: Option<Vec<Ident>>,
+    activejob: Option<ActiveJobFormat>,
+    positional: Vec<usize>,
+    kwargs: Vec<(String, usize)>,
+    job_id: Option<usize>,
+}
+
 /// A job's argument columns and, for `format: activejob`, how each becomes
-/// an ActiveJob argument. `None` columns when one is invalid (reported).
-fn job_args(
-    p: &mut Problems,
-    jp: &str,
-    raw: &RawJob,
-    kind: Option<&QueueKind>,
-) -> (Option<Vec<Ident>>, Option<ActiveJobFormat>) {
+/// an ActiveJob argument; for plain jobs, the positional and keyword
+/// arguments (BullMQ: the data fields) and an RQ job id column.
+fn job_args(p: &mut Problems, jp: &str, raw: &RawJob, kind: Option<&QueueKind>) -> JobShape {
     let aj = match raw.format.as_deref().unwrap_or("plain") {
         "plain" => false,
         "activejob" => true,
@@ -1220,34 +1348,146 @@ fn job_args(
             job_arg(p, &mut cols, &path, a, aj)
         })
         .collect();
-    let kwargs: Vec<(String, AjArg)> = raw
-        .kwargs
-        .iter()
-        .flatten()
-        .map(|(k, a)| {
-            let kp = yaml::join(&yaml::join(jp, "kwargs"), k);
-            if k.is_empty() || k.starts_with("_aj_") {
+    let named: Vec<(String, String, &RawArg)> = [("kwargs", &raw.kwargs), ("data", &raw.data)]
+        .into_iter()
+        .flat_map(|(field, map)| {
+            map.iter()
+                .flatten()
+                .map(move |(k, a)| (format!("{field}.{k}"), k.clone(), a))
+        })
+        .collect();
+    let kwargs: Vec<(String, AjArg)> = named
+        .into_iter()
+        .map(|(sub, k, a)| {
+            let kp = yaml::join(jp, &sub);
+            if k.is_empty() || (aj && k.starts_with("_aj_")) {
                 p.push(
                     kp.clone(),
                     format!("{k:?} cannot be a keyword argument name"),
                 );
             }
-            (k.clone(), job_arg(p, &mut cols, &kp, a, aj))
+            (k, job_arg(p, &mut cols, &kp, a, aj))
         })
         .collect();
+    let job_id = raw
+        .job_id
+        .as_ref()
+        .map(|c| cols.index(p, &yaml::join(jp, "job_id"), c));
     let columns = cols.ok.then_some(cols.columns);
-    if !aj {
-        plain_job_has_no_activejob_options(p, jp, raw);
-        return (columns, None);
+    if aj {
+        for (field, present) in [
+            ("data", raw.data.is_some()),
+            ("job_id", raw.job_id.is_some()),
+        ] {
+            if present {
+                p.push(
+                    yaml::join(jp, field),
+                    format!("`{field}` does not apply to ActiveJob jobs"),
+                );
+            }
+        }
+        let fmt = activejob_format(p, jp, raw, kind, positional, kwargs);
+        return JobShape {
+            columns,
+            activejob: Some(fmt),
+            positional: Vec::new(),
+            kwargs: Vec::new(),
+            job_id: None,
+        };
     }
-    let fmt = activejob_format(p, jp, raw, kind, positional, kwargs);
-    (columns, Some(fmt))
+    plain_job_has_no_activejob_options(p, jp, raw);
+    plain_job_fits_its_queue(p, jp, raw, kind);
+    JobShape {
+        columns,
+        activejob: None,
+        positional: positional.iter().map(|a| a.column).collect(),
+        kwargs: kwargs.into_iter().map(|(k, a)| (k, a.column)).collect(),
+        job_id,
+    }
+}
+
+/// Each queue kind takes the job fields its system has: keyword arguments
+/// for Celery and RQ, one data object for BullMQ, a job id for RQ.
+fn plain_job_fits_its_queue(p: &mut Problems, jp: &str, raw: &RawJob, kind: Option<&QueueKind>) {
+    let Some(kind) = kind else { return };
+    let name = kind.as_str();
+    let not_for = |p: &mut Problems, field: &str, present: bool, takes: &str| {
+        if present {
+            p.push(
+                yaml::join(jp, field),
+                format!("`{field}` does not apply to a {name} queue ({takes})"),
+            );
+        }
+    };
+    match kind {
+        QueueKind::Celery(_) => {
+            not_for(
+                p,
+                "data",
+                raw.data.is_some(),
+                "a Celery task takes args and kwargs",
+            );
+            not_for(
+                p,
+                "job_id",
+                raw.job_id.is_some(),
+                "Celery tasks are published anew",
+            );
+        }
+        QueueKind::Rq(rq) => {
+            not_for(
+                p,
+                "data",
+                raw.data.is_some(),
+                "an RQ job takes args and kwargs",
+            );
+            if raw.job_id.is_none() && !rq.json {
+                p.push(
+                    jp.to_string(),
+                    "a new RQ job needs workers that use RQ's JSONSerializer: RQ's default pickle \
+                     cannot be written safely from outside Python. Set `serializer: json` on the \
+                     queue if its workers run with `--serializer rq.serializers.JSONSerializer`, \
+                     or requeue the row's existing job with `job_id: <column>`",
+                );
+            }
+            if raw.job_id.is_some() {
+                let by_id = "requeueing by job_id reuses the job's stored payload";
+                not_for(p, "args", !raw.args.is_empty(), by_id);
+                not_for(p, "kwargs", raw.kwargs.is_some(), by_id);
+            }
+        }
+        QueueKind::Bullmq(_) => {
+            let one = "a BullMQ job takes one `data` object";
+            not_for(p, "args", !raw.args.is_empty(), one);
+            not_for(p, "kwargs", raw.kwargs.is_some(), one);
+            not_for(
+                p,
+                "job_id",
+                raw.job_id.is_some(),
+                "BullMQ jobs are added anew",
+            );
+        }
+        _ => {
+            let plain = "its jobs take positional args";
+            not_for(p, "kwargs", raw.kwargs.is_some(), plain);
+            not_for(p, "data", raw.data.is_some(), plain);
+            not_for(p, "job_id", raw.job_id.is_some(), plain);
+        }
+    }
+    let class = raw.class.as_deref().unwrap_or("");
+    match kind {
+        QueueKind::Rq(_) if raw.job_id.is_none() && !class.is_empty() && !class.contains('.') => p
+            .push(
+                yaml::join(jp, "class"),
+                format!("RQ imports the job's function by its dotted path, e.g. app.tasks.{class}"),
+            ),
+        _ => {}
+    }
 }
 
 /// ActiveJob's own options on a plain job are mistakes.
 fn plain_job_has_no_activejob_options(p: &mut Problems, jp: &str, raw: &RawJob) {
     for (field, present) in [
-        ("kwargs", raw.kwargs.is_some()),
         ("wrapper", raw.wrapper.is_some()),
         ("locale", raw.locale.is_some()),
         ("timezone", raw.timezone.is_some()),
@@ -1297,13 +1537,11 @@ fn activejob_format(
             format!("{wrapper:?} is not a Ruby class name"),
         );
     }
-    if !ruby_constant(&raw.class) {
+    let class = raw.class.as_deref().unwrap_or("");
+    if !class.is_empty() && !ruby_constant(class) {
         p.push(
             yaml::join(jp, "class"),
-            format!(
-                "{:?} is not a Ruby class name (ActiveJob looks it up)",
-                raw.class
-            ),
+            format!("{class:?} is not a Ruby class name (ActiveJob looks it up)"),
         );
     }
     let uses_gid = args
@@ -1494,11 +1732,16 @@ fn pending_rule(
     if rp.job.queue.trim().is_empty() {
         p.push(yaml::join(&jp, "queue"), "job queue name is empty");
     }
-    if rp.job.class.trim().is_empty() {
-        p.push(yaml::join(&jp, "class"), "job class is empty");
+    match rp.job.class.as_deref() {
+        Some(c) if c.trim().is_empty() => p.push(yaml::join(&jp, "class"), "job class is empty"),
+        None if rp.job.job_id.is_none() => p.push(
+            jp.clone(),
+            "missing `class` (the job class, Celery task, RQ function or BullMQ job name)",
+        ),
+        _ => {}
     }
     let kind = queues.get(&rp.queue).map(|q| &q.kind);
-    let (args, activejob) = job_args(p, &jp, &rp.job, kind);
+    let shape = job_args(p, &jp, &rp.job, kind);
     let max_attempts = rp.max_attempts.unwrap_or(5);
     if max_attempts == 0 {
         p.push(yaml::join(pp, "max_attempts"), "must be at least 1");
@@ -1506,15 +1749,18 @@ fn pending_rule(
     let backoff = rp
         .backoff
         .and_then(|b| backoff(p, &yaml::join(pp, "backoff"), b, after));
-    let Some(args) = args else {
+    let Some(args) = shape.columns else {
         return (None, None);
     };
     let job = JobConfig {
         queue_ref: rp.queue,
         queue: rp.job.queue,
-        class: rp.job.class,
+        class: rp.job.class.unwrap_or_default(),
         args,
-        activejob,
+        activejob: shape.activejob,
+        positional: shape.positional,
+        kwargs: shape.kwargs,
+        job_id: shape.job_id,
     };
     let rule = after.map(|after| PendingRule {
         after,

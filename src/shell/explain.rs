@@ -216,7 +216,11 @@ fn pending_lines(
             if matches!(q.kind, QueueKind::Jsonl { .. }) {
                 let _ = writeln!(out, "              (appended to a jsonl file)");
             }
-            match crate::adapters::queue::preview(q, job, &row.args, now) {
+            let attempt = ledger
+                .filter(|l| l.version == row.version)
+                .map_or(1, |l| l.attempts + 1);
+            let site = (sweep.name.as_str(), row.key.as_str(), attempt);
+            match crate::adapters::queue::preview(q, job, &row.args, site, now) {
                 Some(Ok(payload)) => {
                     let _ = writeln!(out, "  payload     {payload}");
                     let _ = writeln!(out, "              (as the worker will receive it)");

@@ -28,9 +28,9 @@ use crate::adapters::db::{Db, DbError, LockGuard, StaleSummary, SweepTable, Targ
 use crate::adapters::logfile::{self, ScanStats};
 use crate::adapters::provider::{self, WantedRow};
 use crate::adapters::queue::presence::PresenceIndex;
-use crate::adapters::queue::{JobRequest, QueueClient, QueueError};
+use crate::adapters::queue::{BuiltJob, JobRequest, QueueClient, QueueError};
 use crate::adapters::tail::Tailer;
-use crate::config::{Config, EvidenceKind, EvidenceRef, QueueKind, SweepConfig};
+use crate::config::{Config, EvidenceKind, EvidenceRef, SweepConfig};
 use crate::core::decide::BUDGET_ORDER;
 use crate::core::decide::{
     at_rest, decision_changes_at, row_evidence_expiry, with_lag, Brakes, Planner, RowContext,
@@ -1417,6 +1417,26 @@ fn log_tails(sweep: &SweepConfig, ev: &Evidence<'_>) -> Option<BTreeMap<String, 
 }
 
 /// Look up, plan and (unless dry run) apply one page of rows.
+/// Whether the row's job was seen in the presence scan, found by the
+/// identity its queue kind files jobs under. A row whose job cannot be
+/// built fails when it is pushed.
+fn job_presence(
+    cfg: &Config,
+    job: &crate::config::JobConfig,
+    idx: &PresenceIndex,
+    row: &StuckRow,
+) -> Presence {
+    let (Some(q), Ok(built)) = (
+        cfg.queues.get(&job.queue_ref),
+        crate::adapters::queue::build(job, &row.args),
+    ) else {
+        return Presence::Absent;
+    };
+    idx.lookup_key(&crate::adapters::queue::presence::identity(
+        &q.kind, &job.class, &built,
+    ))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn settle_page(
     walk: &Walk<'_, '_>,
@@ -1443,15 +1463,7 @@ async fn settle_page(
         .map(|(row, ledger)| RowWork {
             ledger,
             presence: walk.presence.as_ref().map(|p| match (p, &sweep.job) {
-                (Ok(idx), Some(job)) => match &job.activejob {
-                    None => idx.lookup(&job.class, &row.args),
-                    // Found by the job inside its ActiveJob envelope; a row
-                    // whose job cannot be built fails when it is pushed.
-                    Some(aj) => match crate::adapters::queue::activejob::arguments(aj, &row.args) {
-                        Ok(a) => idx.lookup(&job.class, &a),
-                        Err(_) => Presence::Absent,
-                    },
-                },
+                (Ok(idx), Some(job)) => job_presence(cfg, job, idx, &row),
                 _ => Presence::Unknown,
             }),
             row,
@@ -1692,11 +1704,7 @@ async fn queue_checks(
     let Some(qcfg) = cfg.queues.get(&job.queue_ref) else {
         return (None, None);
     };
-    let (presence_cfg, require_workers) = match &qcfg.kind {
-        QueueKind::Resque(r) => (r.presence.clone(), r.require_workers),
-        QueueKind::Sidekiq(s) => (s.presence.clone(), s.require_workers),
-        QueueKind::Jsonl { .. } | QueueKind::Amqp(_) | QueueKind::Http(_) => (None, false),
-    };
+    let (presence_cfg, require_workers) = qcfg.kind.checks();
     if presence_cfg.is_none() && !require_workers {
         return (None, None);
     }
@@ -1864,29 +1872,28 @@ async fn requeue(
         }
         conns.ledger_ready.insert(ledger_key);
     }
-    // An ActiveJob job is built before anything is written: a row whose
-    // values ActiveJob could not carry fails here, untouched.
-    let mut built: HashMap<usize, Vec<serde_json::Value>> = HashMap::new();
+    // Every job is built before anything is written: a row whose values
+    // its job could not carry (say, ActiveJob's reserved keys, a NULL RQ
+    // job id) fails here, untouched.
+    let mut built: HashMap<usize, BuiltJob> = HashMap::new();
     let mut requeues = requeues;
-    if let Some(aj) = &job.activejob {
-        requeues.retain(|i| {
-            match crate::adapters::queue::activejob::arguments(aj, &work[*i].row.args) {
-                Ok(a) => {
-                    built.insert(*i, a);
-                    true
-                }
-                Err(message) => {
-                    let fault = Fault::Job {
-                        class: job.class.clone(),
-                        message,
-                    };
-                    note(errors, Stage::Enqueue, &fault);
-                    work[*i].outcome = failed(Stage::Enqueue, &fault);
-                    false
-                }
+    requeues.retain(
+        |i| match crate::adapters::queue::build(job, &work[*i].row.args) {
+            Ok(b) => {
+                built.insert(*i, b);
+                true
             }
-        });
-    }
+            Err(message) => {
+                let fault = Fault::Job {
+                    class: job.class.clone(),
+                    message,
+                };
+                note(errors, Stage::Enqueue, &fault);
+                work[*i].outcome = failed(Stage::Enqueue, &fault);
+                false
+            }
+        },
+    );
     let go = reassert_before_requeue(ready, work, &requeues, errors).await;
     if go.is_empty() {
         return;
@@ -1980,19 +1987,24 @@ async fn push_and_record(
     ready: &Ready,
     work: &mut [RowWork],
     go: &[usize],
-    built: &HashMap<usize, Vec<serde_json::Value>>,
+    built: &HashMap<usize, BuiltJob>,
     errors: &mut Vec<PassError>,
 ) {
     let jobs: Vec<JobRequest<'_>> = go
         .iter()
-        .map(|i| JobRequest {
-            sweep: &sweep.name,
-            row_key: &work[*i].row.key,
-            attempt: work[*i].decision.attempt.unwrap_or(1),
-            queue: &job.queue,
-            class: &job.class,
-            args: built.get(i).unwrap_or(&work[*i].row.args),
-            activejob: job.activejob.as_ref(),
+        .filter_map(|i| {
+            let b = built.get(i)?;
+            Some(JobRequest {
+                sweep: &sweep.name,
+                row_key: &work[*i].row.key,
+                attempt: work[*i].decision.attempt.unwrap_or(1),
+                queue: &job.queue,
+                class: &job.class,
+                args: &b.args,
+                kwargs: &b.kwargs,
+                job_id: b.job_id.as_deref(),
+                activejob: job.activejob.as_ref(),
+            })
         })
         .collect();
     let pushed = match conns.queue(cfg, &job.queue_ref).await {

@@ -11,16 +11,67 @@
 
 pub mod activejob;
 pub mod amqp;
+pub mod bullmq;
+pub mod celery;
 pub mod http;
 pub mod jsonl;
 pub mod presence;
 pub mod resque;
+pub mod rq;
 pub mod sidekiq;
 
-use crate::config::{QueueConfig, QueueKind};
+use crate::config::{JobConfig, QueueConfig, QueueKind};
 use crate::core::model::Timestamp;
 use crate::core::template::JobFields;
+use serde_json::{Map, Value};
 use std::time::Duration;
+
+/// A row's job, built from its column values before anything is written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BuiltJob {
+    /// Positional arguments; for an ActiveJob job already serialized as
+    /// ActiveJob writes them.
+    pub args: Vec<Value>,
+    /// Keyword arguments (Celery, RQ) or the data object's fields (BullMQ).
+    pub kwargs: Map<String, Value>,
+    /// RQ: the id of the job to requeue.
+    pub job_id: Option<String>,
+}
+
+/// Build a row's job from its column values (`row`, in `job.args` order).
+/// `Err` names why the values cannot become the job.
+pub fn build(job: &JobConfig, row: &[Value]) -> Result<BuiltJob, String> {
+    if let Some(aj) = &job.activejob {
+        return Ok(BuiltJob {
+            args: activejob::arguments(aj, row)?,
+            ..BuiltJob::default()
+        });
+    }
+    let col = |i: usize| row.get(i).cloned().unwrap_or(Value::Null);
+    let job_id = match job.job_id {
+        None => None,
+        Some(i) => Some(match col(i) {
+            Value::String(s) if !s.is_empty() => s,
+            Value::Number(n) => n.to_string(),
+            Value::Null => {
+                return Err(format!(
+                    "the job id column {} is NULL: no RQ job to requeue",
+                    job.args.get(i).map_or("?", |c| c.name())
+                ))
+            }
+            other => return Err(format!("{other} is not an RQ job id")),
+        }),
+    };
+    Ok(BuiltJob {
+        args: job.positional.iter().map(|i| col(*i)).collect(),
+        kwargs: job
+            .kwargs
+            .iter()
+            .map(|(k, i)| (k.clone(), col(*i)))
+            .collect(),
+        job_id,
+    })
+}
 
 /// One job to push.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +85,10 @@ pub struct JobRequest<'a> {
     /// The job's arguments; for an ActiveJob job already serialized as
     /// ActiveJob writes them (`activejob::arguments`).
     pub args: &'a [serde_json::Value],
+    /// Keyword arguments (Celery, RQ) or data fields (BullMQ).
+    pub kwargs: &'a Map<String, Value>,
+    /// RQ: requeue this existing job.
+    pub job_id: Option<&'a str>,
     /// `Some`: wrap the job in an ActiveJob envelope.
     pub activejob: Option<&'a crate::config::ActiveJobFormat>,
 }
@@ -58,46 +113,49 @@ impl<'a> JobRequest<'a> {
     }
 }
 
-/// The payload a Resque or Sidekiq worker will receive for a row's job
-/// (for `explain`; ids generated at push are shown as placeholders).
-/// `None` for queue kinds whose message is not one JSON document;
-/// `Some(Err)` when the row's values cannot become the job.
+/// The message a worker will receive for a row's job, pushed as `attempt`
+/// (for `explain`; ids generated at push are shown as placeholders). `None` for queue kinds
+/// whose message is not one JSON document; `Some(Err)` when the row's
+/// values cannot become the job.
 pub fn preview(
     qcfg: &QueueConfig,
-    job: &crate::config::JobConfig,
-    row_args: &[serde_json::Value],
+    job: &JobConfig,
+    row_args: &[Value],
+    (sweep, row_key, attempt): (&str, &str, u32),
     now: Timestamp,
 ) -> Option<Result<String, String>> {
-    let args = match &job.activejob {
-        Some(aj) => match activejob::arguments(aj, row_args) {
-            Ok(a) => a,
-            Err(e) => return Some(Err(e)),
-        },
-        None => row_args.to_vec(),
+    let built = match build(job, row_args) {
+        Ok(b) => b,
+        Err(e) => return Some(Err(e)),
     };
     let req = JobRequest {
-        sweep: "",
-        row_key: "",
-        attempt: 1,
+        sweep,
+        row_key,
+        attempt,
         queue: &job.queue,
         class: &job.class,
-        args: &args,
+        args: &built.args,
+        kwargs: &built.kwargs,
+        job_id: built.job_id.as_deref(),
         activejob: job.activejob.as_ref(),
     };
     let text = match &qcfg.kind {
         QueueKind::Resque(_) => resque::payload_of(&req, now),
         QueueKind::Sidekiq(s) => sidekiq::payload(s, &req, "<a new jid>", now),
+        QueueKind::Celery(c) => celery::preview(c, &req),
+        QueueKind::Bullmq(b) => bullmq::preview(b, &req, now),
+        QueueKind::Rq(_) => rq::preview(&req, now),
         QueueKind::Jsonl { .. } | QueueKind::Amqp(_) | QueueKind::Http(_) => return None,
     };
     // The job id is new at every push.
-    let text = match serde_json::from_str::<serde_json::Value>(&text) {
+    let text = match serde_json::from_str::<Value>(&text) {
         Ok(mut v) => {
             if let Some(h) = v
                 .get_mut("args")
                 .and_then(|a| a.get_mut(0))
                 .filter(|h| h.get("job_id").is_some())
             {
-                h["job_id"] = serde_json::Value::from("<a new UUID>");
+                h["job_id"] = Value::from("<a new UUID>");
             }
             v.to_string()
         }
@@ -141,6 +199,9 @@ pub enum QueueClient {
     Jsonl(jsonl::JsonlSink),
     Amqp(Box<amqp::Amqp>),
     Http(http::HttpQueue),
+    Celery(Box<celery::Celery>),
+    Bullmq(bullmq::Bullmq),
+    Rq(rq::Rq),
 }
 
 pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,6 +257,13 @@ impl QueueClient {
                 QueueClient::Amqp(Box::new(amqp::Amqp::connect(&cfg.name, a).await?))
             }
             QueueKind::Http(h) => QueueClient::Http(http::HttpQueue::new(&cfg.name, h)?),
+            QueueKind::Celery(c) => {
+                QueueClient::Celery(Box::new(celery::Celery::connect(&cfg.name, c).await?))
+            }
+            QueueKind::Bullmq(b) => {
+                QueueClient::Bullmq(bullmq::Bullmq::connect(&cfg.name, b).await?)
+            }
+            QueueKind::Rq(r) => QueueClient::Rq(rq::Rq::connect(&cfg.name, r).await?),
         })
     }
 
@@ -214,6 +282,9 @@ impl QueueClient {
             QueueClient::Jsonl(q) => q.push(jobs, now).await.map(|()| all_ok(jobs.len())),
             QueueClient::Amqp(q) => q.push(jobs, now).await,
             QueueClient::Http(q) => q.push(jobs).await,
+            QueueClient::Celery(q) => q.push(jobs).await,
+            QueueClient::Bullmq(q) => q.push(jobs, now).await,
+            QueueClient::Rq(q) => q.push(jobs, now).await,
         }
     }
 
@@ -225,6 +296,9 @@ impl QueueClient {
             QueueClient::Jsonl(q) => q.ping(),
             QueueClient::Amqp(q) => q.ping(),
             QueueClient::Http(q) => q.ping(),
+            QueueClient::Celery(q) => q.ping().await,
+            QueueClient::Bullmq(q) => q.ping().await,
+            QueueClient::Rq(q) => q.ping().await,
         }
     }
 
@@ -239,6 +313,9 @@ impl QueueClient {
         match self {
             QueueClient::Resque(q) => q.presence(queue, max_entries).await.map(Some),
             QueueClient::Sidekiq(q) => q.presence(queue, max_entries).await.map(Some),
+            QueueClient::Celery(q) => q.presence(queue, max_entries).await,
+            QueueClient::Bullmq(q) => q.presence(queue, max_entries).await.map(Some),
+            QueueClient::Rq(q) => q.presence(queue, max_entries).await.map(Some),
             QueueClient::Jsonl(_) | QueueClient::Amqp(_) | QueueClient::Http(_) => Ok(None),
         }
     }
@@ -249,7 +326,7 @@ impl QueueClient {
         match self {
             QueueClient::Resque(q) => q.workers_alive(queue).await.map(Some),
             QueueClient::Sidekiq(q) => q.workers_alive(queue).await.map(Some),
-            QueueClient::Jsonl(_) | QueueClient::Amqp(_) | QueueClient::Http(_) => Ok(None),
+            _ => Ok(None),
         }
     }
 }

@@ -5,8 +5,10 @@
 //! `{}`, and Ruby may write `1.0` for `1`) built from one bounded scan per
 //! pass. Does not own: the Redis reads (resque.rs, sidekiq.rs).
 
+use super::BuiltJob;
+use crate::config::QueueKind;
 use crate::core::model::Presence;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::HashSet;
 
 /// Job identities seen in a bounded scan.
@@ -81,6 +83,35 @@ pub fn job_key(class: &str, args: &Value) -> String {
     format!("{class}\u{0}{}", canonical(args))
 }
 
+/// The identity of a Python job (Celery task, RQ function): its name, its
+/// positional and its keyword arguments.
+pub fn python_key(name: &str, args: &Value, kwargs: &Value) -> String {
+    job_key(name, &Value::Array(vec![args.clone(), kwargs.clone()]))
+}
+
+/// The identity of an existing RQ job, by its id.
+pub fn rq_id_key(id: &str) -> String {
+    format!("\u{0}rq-id\u{0}{id}")
+}
+
+/// The identity a presence scan of `kind` files the row's job under.
+pub fn identity(kind: &QueueKind, class: &str, job: &BuiltJob) -> String {
+    let kwargs = || Value::Object(job.kwargs.clone());
+    match (kind, &job.job_id) {
+        (QueueKind::Rq(_), Some(id)) => rq_id_key(id),
+        (QueueKind::Rq(_) | QueueKind::Celery(_), _) => {
+            python_key(class, &Value::from(job.args.clone()), &kwargs())
+        }
+        (QueueKind::Bullmq(_), _) => job_key(class, &kwargs()),
+        _ => job_key(class, &Value::from(job.args.clone())),
+    }
+}
+
+/// An empty keyword-argument object.
+pub fn no_kwargs() -> Value {
+    Value::Object(Map::new())
+}
+
 /// Add the first `budget` entries of a list (`LLEN`/`LRANGE`) or sorted
 /// set (`ZCARD`/`ZRANGE`) to the index as queued jobs. Returns how many were
 /// read; marks the index truncated when the structure holds more.
@@ -139,11 +170,24 @@ impl PresenceIndex {
         }
     }
 
+    /// Record a job by its identity (see `identity`).
+    pub fn add_identity(&mut self, key: String, running: bool) {
+        if running {
+            self.running.insert(key);
+        } else {
+            self.queued.insert(key);
+        }
+    }
+
     pub fn lookup(&self, class: &str, args: &[Value]) -> Presence {
-        let key = job_key(class, &Value::from(args.to_vec()));
-        if self.running.contains(&key) {
+        self.lookup_key(&job_key(class, &Value::from(args.to_vec())))
+    }
+
+    /// Whether the job of this identity (see `identity`) was seen.
+    pub fn lookup_key(&self, key: &str) -> Presence {
+        if self.running.contains(key) {
             Presence::Running
-        } else if self.queued.contains(&key) {
+        } else if self.queued.contains(key) {
             Presence::Queued
         } else if self.truncated {
             Presence::Backlog

@@ -247,6 +247,8 @@ mod tests {
             queue: "notify",
             class: "NotifyUser",
             args: &args,
+            kwargs: &serde_json::Map::new(),
+            job_id: None,
             activejob: None,
         };
         let now = chrono::DateTime::from_timestamp(1_795_905_345, 250_000_000).unwrap();
