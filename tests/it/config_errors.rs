@@ -57,6 +57,14 @@ const CASES: &[Case] = &[
     Case { name: "hostile arg column", edit: ("args: [user_id, id]", "args: [user_id, \"id) FROM x;--\"]"), path: "sweeps.comments.pending.job.args[1]", line_of: "args:", says: "not a valid SQL identifier" },
     Case { name: "unknown database", edit: ("database: app", "database: main"), path: "sweeps.comments.database", line_of: "database: main", says: "unknown database \"main\" (defined: app)" },
     Case { name: "unknown evidence source", edit: ("source: postfix", "source: exim"), path: "sweeps.comments.sending.evidence[0].source", line_of: "source: exim", says: "unknown evidence source \"exim\"" },
+    Case { name: "a new RQ job for pickle workers", edit: ("kind: resque\n    redis:", "kind: rq\n    redis:"), path: "sweeps.comments.pending.job", line_of: "job: {queue: notify", says: "a new RQ job needs workers that use RQ's JSONSerializer" },
+    Case { name: "an RQ function that is not a dotted path", edit: ("kind: resque\n    redis:", "kind: rq\n    serializer: json\n    redis:"), path: "sweeps.comments.pending.job.class", line_of: "job: {queue: notify", says: "RQ imports the job's function by its dotted path" },
+    Case { name: "kwargs on a resque queue", edit: ("args: [user_id, id]}", "args: [user_id], kwargs: {id: id}}"), path: "sweeps.comments.pending.job.kwargs", line_of: "job: {queue: notify", says: "`kwargs` does not apply to a resque queue" },
+    Case { name: "positional args on a bullmq queue", edit: ("kind: resque\n    redis:", "kind: bullmq\n    redis:"), path: "sweeps.comments.pending.job.args", line_of: "job: {queue: notify", says: "a BullMQ job takes one `data` object" },
+    Case { name: "a celery broker that is neither redis nor amqp", edit: ("kind: resque\n    redis: redis://127.0.0.1:6379/0", "kind: celery\n    broker: http://x"), path: "queues.resque.broker", line_of: "broker: http", says: "invalid broker \"http://x\"" },
+    Case { name: "a presence check on a RabbitMQ celery broker", edit: ("kind: resque\n    redis: redis://127.0.0.1:6379/0", "kind: celery\n    broker: amqp://g:g@h//\n    presence_check: true"), path: "queues.resque.presence_check", line_of: "presence_check: true", says: "presence_check works with redis:// brokers only" },
+    Case { name: "a celery priority above 9", edit: ("kind: resque\n    redis: redis://127.0.0.1:6379/0", "kind: celery\n    broker: redis://h:6379/0\n    priority: 12"), path: "queues.resque.priority", line_of: "priority: 12", says: "priority 12 is out of range" },
+    Case { name: "a job without a class", edit: ("class: NotifyUser, ", ""), path: "sweeps.comments.pending.job", line_of: "job: {queue: notify", says: "missing `class`" },
     Case { name: "unknown queue kind", edit: ("kind: resque", "kind: beanstalk"), path: "queues.resque.kind", line_of: "kind: beanstalk", says: "unknown queue kind \"beanstalk\"" },
     Case { name: "missing queue kind", edit: ("    kind: resque\n", ""), path: "queues.resque", line_of: "  resque:", says: "missing `kind`" },
     Case { name: "unknown log format", edit: ("format: postfix", "format: sendmail"), path: "evidence.postfix.format", line_of: "format: sendmail", says: "unknown log format \"sendmail\"" },
@@ -222,8 +230,8 @@ fn the_annotated_example_config_is_valid() {
     let text = std::fs::read_to_string(&path).unwrap();
     let cfg = sweeper::config::load_str(&text, "config/example.yaml", &env)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(cfg.sweeps.len(), 3);
-    assert_eq!(cfg.queues.len(), 5);
+    assert_eq!(cfg.sweeps.len(), 6);
+    assert_eq!(cfg.queues.len(), 8);
     assert_eq!(cfg.evidence.len(), 8);
     let receipts = cfg.sweep("receipts").unwrap();
     assert_eq!(receipts.states.sent, sweeper::config::StateValue::Int(2));
@@ -237,6 +245,15 @@ fn the_annotated_example_config_is_valid() {
         ["user_id", "id", "note"]
     );
     assert_eq!(fmt.kwargs.len(), 1);
+    let celery = cfg.sweep("receipt_tasks").unwrap().job.as_ref().unwrap();
+    assert_eq!(celery.positional, [0]);
+    assert_eq!(celery.kwargs, [("notification_id".to_string(), 1)]);
+    let bull = cfg.sweep("welcome_jobs").unwrap().job.as_ref().unwrap();
+    assert_eq!(bull.kwargs.len(), 2);
+    assert!(bull.positional.is_empty());
+    let rq = cfg.sweep("exports").unwrap().job.as_ref().unwrap();
+    assert_eq!(rq.job_id, Some(0));
+    assert_eq!(rq.args[0].to_string(), "rq_job_id");
 }
 
 #[test]

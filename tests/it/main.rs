@@ -9,6 +9,7 @@ mod daemon;
 mod evidence_fixtures;
 mod guards;
 mod init;
+mod job_systems;
 mod ops;
 mod outages;
 mod providers;
