@@ -163,6 +163,30 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
+    /// Credentials for `/metrics`, the status pages and `/api/` (not
+    /// `/healthz` or `/readyz`).
+    pub auth: Option<HttpAuth>,
+    /// Plan rows per sweep the daemon keeps for its status page.
+    pub status_rows: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            auth: None,
+            status_rows: 1000,
+        }
+    }
+}
+
+/// How HTTP clients of the daemon authenticate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpAuth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `Authorization: Basic base64(<username>:<password>)`.
+    Basic { username: String, password: Secret },
 }
 
 #[derive(Clone, Debug)]

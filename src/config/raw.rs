@@ -52,6 +52,26 @@ pub struct RawDatabase {
 pub struct RawMetrics {
     #[serde(default)]
     pub listen: Option<String>,
+    #[serde(default)]
+    pub auth: Option<RawHttpAuth>,
+    #[serde(default)]
+    pub status_rows: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpAuth {
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    #[serde(default)]
+    pub basic: Option<RawBasicAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    pub username: String,
+    pub password: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -123,9 +123,7 @@ pub fn validate(
     };
     let databases = section(&mut p, top.databases, "databases", database);
     let metrics = match top.metrics {
-        None => Some(MetricsConfig {
-            listen: DEFAULT_LISTEN.parse().expect("default listen address"),
-        }),
+        None => Some(MetricsConfig::default()),
         Some(node) => p
             .decode::<RawMetrics>(node, "metrics")
             .and_then(|m| metrics_config(&mut p, m)),
@@ -285,8 +283,48 @@ fn metrics_config(p: &mut Problems, raw: RawMetrics) -> Option<MetricsConfig> {
         listen.parse().map_err(|_| {
             format!("invalid listen address {listen:?}: expected host:port, e.g. 127.0.0.1:9187")
         }),
-    )?;
-    Some(MetricsConfig { listen })
+    );
+    let auth = raw.auth.and_then(|a| http_auth(p, a));
+    let status_rows = raw.status_rows.unwrap_or(1000);
+    Some(MetricsConfig {
+        listen: listen?,
+        auth,
+        status_rows,
+    })
+}
+
+fn http_auth(p: &mut Problems, a: RawHttpAuth) -> Option<HttpAuth> {
+    match (a.bearer_token, a.basic) {
+        (Some(t), None) => {
+            if t.trim().is_empty() {
+                p.push("metrics.auth.bearer_token", "the token is empty");
+                return None;
+            }
+            Some(HttpAuth::Bearer(Secret::new(t)))
+        }
+        (None, Some(b)) => {
+            if b.username.is_empty() || b.username.contains(':') {
+                p.push(
+                    "metrics.auth.basic.username",
+                    "must be non-empty and without `:`",
+                );
+            }
+            if b.password.is_empty() {
+                p.push("metrics.auth.basic.password", "the password is empty");
+            }
+            Some(HttpAuth::Basic {
+                username: b.username,
+                password: Secret::new(b.password),
+            })
+        }
+        _ => {
+            p.push(
+                "metrics.auth",
+                "set exactly one of `bearer_token` or `basic: {username, password}`",
+            );
+            None
+        }
+    }
 }
 
 const QUEUE_KINDS: &str = "resque, sidekiq, jsonl, amqp, http, celery, bullmq, rq";

@@ -5,14 +5,18 @@
 //! the shutdown deadline. Does not own: scheduling rules (`schedule`),
 //! passes (`pass`), metric definitions (`metrics`).
 
+use super::explain;
 use super::metrics::Metrics;
 use super::pass::{run_pass, Connections, PassOptions, PassResult};
 use super::schedule::{drive, Control, Runner, Schedule};
+use super::status::StatusBoard;
+use super::web;
 use crate::config::{self, Config};
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::Json;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +37,34 @@ pub struct Readiness {
 pub struct AppState {
     pub metrics: Metrics,
     pub ready: RwLock<Readiness>,
+    /// What the status pages show, fed by the same passes as the metrics.
+    pub board: StatusBoard,
+    /// The running config (replaced on reload): the auth and the sweeps the
+    /// pages and a row's explain use.
+    pub cfg: RwLock<Arc<Config>>,
+}
+
+impl AppState {
+    pub fn new(cfg: Config) -> AppState {
+        let board = StatusBoard::new(chrono::Utc::now());
+        board.configure(&sweep_names(&cfg));
+        let metrics = Metrics::new();
+        metrics.register_config(&cfg);
+        AppState {
+            metrics,
+            ready: RwLock::new(Readiness::default()),
+            board,
+            cfg: RwLock::new(Arc::new(cfg)),
+        }
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.cfg.read().expect("config lock").clone()
+    }
+}
+
+fn sweep_names(cfg: &Config) -> Vec<String> {
+    cfg.sweeps.iter().map(|s| s.name.clone()).collect()
 }
 
 async fn metrics_handler(State(s): State<Arc<AppState>>) -> impl IntoResponse {
@@ -73,11 +105,131 @@ async fn readyz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     (code, body)
 }
 
+/// `metrics.auth`, when set, on every route but `/healthz` and `/readyz`.
+async fn require_auth(
+    State(s): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let cfg = s.config();
+    let Some(auth) = &cfg.metrics.auth else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    if web::authorized(auth, header) {
+        return next.run(req).await;
+    }
+    let challenge = match auth {
+        config::HttpAuth::Basic { .. } => "Basic realm=\"sweeper\", charset=\"UTF-8\"",
+        config::HttpAuth::Bearer(_) => "Bearer realm=\"sweeper\"",
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, challenge)],
+        "credentials required (metrics.auth)\n",
+    )
+        .into_response()
+}
+
+fn html(m: maud::Markup) -> axum::response::Response {
+    axum::response::Html(m.into_string()).into_response()
+}
+
+fn not_found(what: String) -> axum::response::Response {
+    (StatusCode::NOT_FOUND, format!("{what}\n")).into_response()
+}
+
+async fn index_page(State(s): State<Arc<AppState>>) -> axum::response::Response {
+    html(web::index(&s.board.snapshot(), chrono::Utc::now()))
+}
+
+async fn sweep_page(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<web::PlanQuery>,
+) -> axum::response::Response {
+    match s.board.sweep(&name) {
+        Some((st, _)) => html(web::sweep_page(&st, &q, chrono::Utc::now())),
+        None => not_found(format!("no sweep {name:?}")),
+    }
+}
+
+async fn row_page(
+    State(s): State<Arc<AppState>>,
+    Path((name, key)): Path<(String, String)>,
+) -> axum::response::Response {
+    let cfg = s.config();
+    match explain::explain_text(&cfg, &name, &key, false).await {
+        Ok((text, ok)) => html(web::row_page(&name, &key, &text, ok)),
+        Err(e) => not_found(e.to_string()),
+    }
+}
+
+async fn api_sweeps(State(s): State<Arc<AppState>>) -> axum::response::Response {
+    let mut snap = s.board.snapshot();
+    for st in &mut snap.sweeps {
+        st.plan = Vec::new();
+    }
+    Json(snap).into_response()
+}
+
+async fn api_sweep(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<web::PlanQuery>,
+) -> axum::response::Response {
+    let Some((mut st, _)) = s.board.sweep(&name) else {
+        return not_found(format!("no sweep {name:?}"));
+    };
+    let (rows, matching) = q.select(&st.plan);
+    let rows: Vec<_> = rows.into_iter().cloned().collect();
+    st.plan = Vec::new();
+    Json(serde_json::json!({
+        "sweep": st,
+        "plan": {
+            "rows": rows,
+            "matching": matching,
+            "page": q.page.unwrap_or(1).max(1),
+            "page_rows": web::PAGE_ROWS,
+        },
+    }))
+    .into_response()
+}
+
+async fn api_row(
+    State(s): State<Arc<AppState>>,
+    Path((name, key)): Path<(String, String)>,
+) -> axum::response::Response {
+    let cfg = s.config();
+    match explain::explain_text(&cfg, &name, &key, false).await {
+        Ok((text, ok)) => Json(serde_json::json!({
+            "sweep": name, "key": key, "explained": ok, "text": text,
+        }))
+        .into_response(),
+        Err(e) => not_found(e.to_string()),
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> axum::Router {
+    let open = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     axum::Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/", get(index_page))
+        .route("/sweeps/{name}", get(sweep_page))
+        .route("/sweeps/{name}/rows/{key}", get(row_page))
+        .route("/api/sweeps", get(api_sweeps))
+        .route("/api/sweeps/{name}", get(api_sweep))
+        .route("/api/sweeps/{name}/rows/{key}", get(api_row))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_auth,
+        ))
+        .merge(open)
         .with_state(state)
 }
 
@@ -170,6 +322,9 @@ fn observe(state: &AppState, cfg: &Config, result: &PassResult) {
     let now = chrono::Utc::now();
     let now_unix = now.timestamp() as f64 + f64::from(now.timestamp_subsec_millis()) / 1e3;
     state.metrics.observe(result, now_unix);
+    state
+        .board
+        .observe(&result.report.sweeps, &result.sources, now);
     {
         let mut ready = state.ready.write().expect("readiness lock");
         for s in &result.report.sweeps {
@@ -232,7 +387,7 @@ impl Runner for PassRunner {
                 only: vec![sweep.clone()],
                 incremental: true,
                 stop: Some(stop),
-                max_rows: Some(0),
+                max_rows: Some(cfg.metrics.status_rows),
                 ..Default::default()
             };
             let mut conns = conns;
@@ -257,12 +412,14 @@ impl Runner for PassRunner {
                 self.idle.lock().expect("idle connections lock").clear();
                 self.conns = Connections::new();
                 self.state.metrics.register_config(&new);
+                self.state.board.configure(&sweep_names(&new));
                 self.state.metrics.reloaded(true);
                 if new.metrics.listen != self.cfg.metrics.listen {
                     tracing::warn!("metrics.listen changed: takes effect on restart");
                 }
                 self.limits = limits_of(&new);
                 self.cfg = Arc::new(new);
+                *self.state.cfg.write().expect("config lock") = self.cfg.clone();
                 self.probe().await;
                 Some(sweeps_of(&self.cfg))
             }
@@ -283,11 +440,7 @@ pub async fn run(
     shutdown_timeout: Duration,
     initial_delay: Option<Duration>,
 ) -> anyhow::Result<u8> {
-    let state = Arc::new(AppState {
-        metrics: Metrics::new(),
-        ready: RwLock::new(Readiness::default()),
-    });
-    state.metrics.register_config(&cfg);
+    let state = Arc::new(AppState::new(cfg.clone()));
     let listen: SocketAddr = cfg.metrics.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -305,6 +458,7 @@ pub async fn run(
     tracing::info!(
         sweeps = cfg.sweeps.len(),
         metrics = %format!("http://{local}/metrics"),
+        status = %format!("http://{local}/"),
         "sweeper running"
     );
 

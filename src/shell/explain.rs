@@ -302,7 +302,14 @@ fn scan_lines(out: &mut String, scan: &SourceScan, row: &StuckRow, lookup: &str)
     }
 }
 
-pub async fn run(cfg: &Config, sweep: &str, key: &str) -> anyhow::Result<u8> {
+/// Explain `key` of `sweep` from a single-row dry run: the text, and
+/// whether the row could be explained. `Err` for an unknown sweep.
+pub async fn explain_text(
+    cfg: &Config,
+    sweep: &str,
+    key: &str,
+    progress: bool,
+) -> anyhow::Result<(String, bool)> {
     let Some(s) = cfg.sweep(sweep) else {
         let known: Vec<&str> = cfg.sweeps.iter().map(|s| s.name.as_str()).collect();
         anyhow::bail!("unknown sweep {sweep:?} (defined: {})", known.join(", "));
@@ -315,12 +322,17 @@ pub async fn run(cfg: &Config, sweep: &str, key: &str) -> anyhow::Result<u8> {
         key: Some(key.to_string()),
         incremental: false,
         stop: None,
-        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        progress,
     };
     let mut conns = Connections::new();
     let result = run_pass(cfg, &mut conns, &opts, chrono::Utc::now()).await;
     conns.close().await;
-    let (text, ok) = render(cfg, s, key, &result);
+    Ok(render(cfg, s, key, &result))
+}
+
+pub async fn run(cfg: &Config, sweep: &str, key: &str) -> anyhow::Result<u8> {
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (text, ok) = explain_text(cfg, sweep, key, progress).await?;
     print!("{text}");
     Ok(if ok { EXIT_OK } else { EXIT_FAILED })
 }

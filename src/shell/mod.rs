@@ -1,5 +1,6 @@
 //! The imperative shell: the pass (`pass`), the CLI (`cli`), the daemon
-//! (`daemon`, `schedule`, `metrics`), `check`, `explain`, `demo` and `init`. It wires config, adapters and the pure core together; it
+//! (`daemon`, `schedule`, `metrics`, and its status pages: `status`,
+//! `web`), `check`, `explain`, `demo` and `init`. It wires config, adapters and the pure core together; it
 //! decides nothing itself.
 
 pub mod check;
@@ -11,3 +12,5 @@ pub mod init;
 pub mod metrics;
 pub mod pass;
 pub mod schedule;
+pub mod status;
+pub mod web;
