@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -20,7 +20,7 @@ fn free_port() -> u16 {
 }
 
 /// A minimal HTTP GET: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -60,7 +60,7 @@ fn dechunk(body: &str) -> String {
 }
 
 /// `name{a="x",b="y"}` with labels sorted, so keys compare as written.
-fn canon(key: &str) -> String {
+pub fn canon(key: &str) -> String {
     match key.split_once('{') {
         None => key.to_string(),
         Some((name, rest)) => {
@@ -72,7 +72,7 @@ fn canon(key: &str) -> String {
 }
 
 /// `name{labels}` → value, from the text exposition.
-fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {
@@ -113,7 +113,7 @@ fn daemon_config(base: &Path, port: u16, every: &str, extra_sweep: &str) -> Stri
 
 /// A running daemon; its stderr goes to a file (a pipe nobody reads would
 /// fill up with audit lines and block it).
-struct Daemon {
+pub struct Daemon {
     child: Child,
     log: tempfile::NamedTempFile,
 }
@@ -132,7 +132,7 @@ fn spawn(cfg: &Path, initial_delay: &str) -> Daemon {
     spawn_with(cfg, &["--initial-delay", initial_delay])
 }
 
-fn spawn_with(cfg: &Path, args: &[&str]) -> Daemon {
+pub fn spawn_with(cfg: &Path, args: &[&str]) -> Daemon {
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = sweeper()
         .args(["run", "-c", cfg.to_str().unwrap()])

@@ -4,6 +4,7 @@
 
 mod activejob;
 mod bad_input;
+mod browser;
 mod config_errors;
 mod daemon;
 mod evidence_fixtures;
@@ -17,5 +18,6 @@ mod queues;
 mod races;
 mod secrets;
 mod sql_sweeps;
+mod status_page;
 mod streaming;
 mod support;

@@ -8,7 +8,8 @@ use crate::support::*;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const SECRETS: [&str; 7] = [
+const SECRETS: [&str; 8] = [
+    "StatusS3cretToken",
     "PgS3cretPass",
     "RedisS3cret",
     "AmqpS3cret",
@@ -39,7 +40,7 @@ fn config(b: &Backend, dir: &std::path::Path, port: u16, dead: u16) -> std::path
         "expected a postgres://postgres@ URL: {pg}"
     );
     let yaml = format!(
-        r#"metrics: {{listen: "127.0.0.1:{port}"}}
+        r#"metrics: {{listen: "127.0.0.1:{port}", auth: {{bearer_token: StatusS3cretToken}}}}
 databases:
   app: {{url: "{pg}", ledger_table: {ledger}}}
 queues:
@@ -169,22 +170,25 @@ async fn no_secret_is_ever_printed_logged_reported_or_exported() {
                 .unwrap(),
         );
         let deadline = Instant::now() + Duration::from_secs(90);
-        let metrics = loop {
-            let body = std::net::TcpStream::connect(("127.0.0.1", port))
+        let fetch = |path: &str| {
+            std::net::TcpStream::connect(("127.0.0.1", port))
                 .ok()
                 .and_then(|mut s| {
                     use std::io::{Read, Write};
-                    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
                     write!(
                         s,
-                        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer StatusS3cretToken\r\nConnection: close\r\n\r\n"
                     )
                     .ok()?;
                     let mut t = String::new();
                     s.read_to_string(&mut t).ok()?;
                     Some(t)
                 })
-                .unwrap_or_default();
+                .unwrap_or_default()
+        };
+        let metrics = loop {
+            let body = fetch("/metrics");
             if body.contains("sweeper_pass_duration_seconds_count{sweep=\"to_rabbit\"} 1")
                 && body.contains("sweeper_pass_duration_seconds_count{sweep=\"notifications\"} 1")
             {
@@ -193,6 +197,21 @@ async fn no_secret_is_ever_printed_logged_reported_or_exported() {
             assert!(Instant::now() < deadline, "no pass within 90 s");
             std::thread::sleep(Duration::from_millis(200));
         };
+        // The status pages and their JSON show errors, sources and rows:
+        // none of it carries a secret.
+        for path in [
+            "/",
+            "/sweeps/notifications",
+            "/sweeps/to_rabbit",
+            "/sweeps/notifications/rows/5",
+            "/api/sweeps",
+            "/api/sweeps/notifications",
+            "/api/sweeps/notifications/rows/5",
+        ] {
+            let page = fetch(path);
+            assert!(page.starts_with("HTTP/1.1 200"), "{path}: {page}");
+            found.extend(leaks(&format!("run ({format}) {path}"), &page));
+        }
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &d.id().to_string()])
             .status();
