@@ -128,6 +128,7 @@ fn child_scan(log: &Path, wanted: &Path) {
         .collect();
     let cfg = LogSourceConfig {
         format: LogFormat::Postfix,
+        journal: None,
         paths: vec![],
         utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
         slack: std::time::Duration::from_secs(600),

@@ -43,6 +43,8 @@ pub enum LogError {
         path: String,
         error: io::Error,
     },
+    #[error(transparent)]
+    Journal(#[from] super::journal::JournalError),
 }
 
 /// Build the parser for a log source's format.

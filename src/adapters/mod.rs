@@ -2,6 +2,7 @@
 //! sources (`logfile`, and `tail` for the daemon's incremental reads). Adapters fetch and execute; they never decide.
 
 pub mod db;
+pub mod journal;
 pub mod logfile;
 pub mod provider;
 pub mod queue;

@@ -20,6 +20,15 @@
 
 use super::logfile::{open, parser_for, resolve, scan_reader, LogError, ScanStats};
 use crate::config::LogSourceConfig;
+
+/// How a journal source is named where a file name would stand.
+pub fn journal_label(input: &crate::config::JournalInput) -> String {
+    match (&input.directory, input.files.as_slice()) {
+        (Some(d), _) => format!("journal {}", d.display()),
+        (None, [f, ..]) => format!("journal {f}"),
+        (None, []) => "journal".to_string(),
+    }
+}
 use crate::core::evidence::{KeyFilter, LineParser, TraceStore};
 use crate::core::model::Timestamp;
 use std::collections::{HashMap, VecDeque};
@@ -58,6 +67,12 @@ pub struct Tailer {
     primed: bool,
     /// Totals since start.
     pub stats: ScanStats,
+    /// Journal sources: resume after this record.
+    journal_cursor: Option<String>,
+    /// Journal sources: the cursor of each record that became evidence.
+    pub record_cursors: HashMap<u64, String>,
+    /// Journal sources: the next record's number (LineRef.line).
+    next_record: u64,
 }
 
 fn head_of(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
@@ -86,7 +101,40 @@ impl Tailer {
             seen_heads: VecDeque::new(),
             primed: false,
             stats: ScanStats::default(),
+            journal_cursor: None,
+            record_cursors: HashMap::new(),
+            next_record: 1,
         }
+    }
+
+    /// A journal source: every record since the last one read (all records
+    /// at the first poll, as a file is read whole).
+    fn poll_journal(&mut self, input: &crate::config::JournalInput) -> Result<ScanStats, LogError> {
+        let from = match &self.journal_cursor {
+            Some(c) => super::journal::From::Cursor(c.clone()),
+            None => super::journal::From::Start,
+        };
+        if self.names.is_empty() {
+            self.names.push(PathBuf::from(journal_label(input)));
+        }
+        let read = super::journal::read(
+            &self.name,
+            input,
+            &self.cfg.format,
+            &from,
+            self.next_record,
+            self.parser.as_mut(),
+            &mut self.store,
+            &mut self.record_cursors,
+        )?;
+        self.next_record += read.stats.lines;
+        if read.last_cursor.is_some() {
+            self.journal_cursor = read.last_cursor;
+        }
+        self.stats.files = 1;
+        self.stats.bytes += read.stats.bytes;
+        self.stats.lines += read.stats.lines;
+        Ok(read.stats)
     }
 
     pub fn slack(&self) -> Duration {
@@ -121,6 +169,9 @@ impl Tailer {
     /// `now` is the clock for inferring years of syslog timestamps.
     pub fn poll(&mut self, now: Timestamp) -> Result<ScanStats, LogError> {
         self.parser.set_now(now);
+        if let Some(input) = self.cfg.journal.clone() {
+            return self.poll_journal(&input);
+        }
         let files = resolve(&self.name, &self.cfg.paths)?;
         let mut polled = ScanStats::default();
         let mut live = HashMap::new();
@@ -231,6 +282,10 @@ impl Tailer {
     /// Forget messages first seen before `before`.
     pub fn prune(&mut self, before: Timestamp) {
         self.store.prune(before);
+        if !self.record_cursors.is_empty() {
+            let kept: std::collections::HashSet<u64> = self.store.lines().map(|l| l.line).collect();
+            self.record_cursors.retain(|line, _| kept.contains(line));
+        }
     }
 }
 
@@ -251,6 +306,7 @@ mod tests {
     fn cfg(dir: &std::path::Path) -> LogSourceConfig {
         LogSourceConfig {
             format: LogFormat::Postfix,
+            journal: None,
             paths: vec![format!("{}/mail.log*", dir.display())],
             utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
             slack: Duration::from_secs(600),

@@ -444,10 +444,27 @@ impl ProviderApi {
 #[derive(Clone, Debug)]
 pub struct LogSourceConfig {
     pub format: LogFormat,
+    /// Read from the systemd journal instead of `paths` (`kind: journal`).
+    pub journal: Option<JournalInput>,
     /// Glob patterns.
     pub paths: Vec<String>,
     pub utc_offset: FixedOffset,
     pub slack: Duration,
+}
+
+/// Where and which journal records a `kind: journal` source reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalInput {
+    /// `--unit` filters (records of these systemd units).
+    pub units: Vec<String>,
+    /// `SYSLOG_IDENTIFIER=` matches (e.g. `postfix/smtp`, `exim`).
+    pub identifiers: Vec<String>,
+    /// `--directory`: a mounted or remote journal.
+    pub directory: Option<std::path::PathBuf>,
+    /// `--file` patterns.
+    pub files: Vec<String>,
+    /// The journalctl program.
+    pub journalctl: String,
 }
 
 #[derive(Clone, Debug)]

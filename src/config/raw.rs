@@ -263,6 +263,26 @@ pub struct RawLogSource {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    pub kind: String,
+    /// `postfix` or `exim`.
+    pub format: String,
+    #[serde(default)]
+    pub units: Option<Vec<String>>,
+    #[serde(default)]
+    pub identifiers: Option<Vec<String>>,
+    #[serde(default)]
+    pub directory: Option<String>,
+    #[serde(default)]
+    pub files: Option<Vec<String>>,
+    #[serde(default)]
+    pub journalctl: Option<String>,
+    #[serde(default)]
+    pub slack: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub kind: String,
     #[serde(default)]

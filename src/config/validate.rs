@@ -759,7 +759,7 @@ const SIDEKIQ_RESERVED: &[&str] = &[
     "retry",
 ];
 
-const EVIDENCE_KINDS: &str = "log, mailgun, sendgrid, postmark, http";
+const EVIDENCE_KINDS: &str = "log, journal, mailgun, sendgrid, postmark, http";
 const LOG_FORMATS: &str = "postfix, exim, custom, jsonl";
 
 fn evidence_source(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<EvidenceConfig> {
@@ -768,6 +768,10 @@ fn evidence_source(p: &mut Problems, path: &str, name: &str, node: Node) -> Opti
         "log" => {
             let raw: RawLogSource = p.decode(node, path)?;
             EvidenceKind::Log(log_source(p, path, raw)?)
+        }
+        "journal" => {
+            let raw: RawJournal = p.decode(node, path)?;
+            EvidenceKind::Log(journal_source(p, path, raw)?)
         }
         k @ ("mailgun" | "sendgrid" | "postmark" | "http") => {
             let kind = k.to_string();
@@ -877,8 +881,62 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
     };
     Some(LogSourceConfig {
         format,
+        journal: None,
         paths: raw.paths,
         utc_offset: utc_offset?,
+        slack: slack?,
+    })
+}
+
+/// A `kind: journal` source: Postfix or Exim records read through
+/// journalctl, with their own (UTC) times.
+fn journal_source(p: &mut Problems, path: &str, raw: RawJournal) -> Option<LogSourceConfig> {
+    let format = match raw.format.as_str() {
+        "postfix" => Some(LogFormat::Postfix),
+        "exim" => Some(LogFormat::Exim),
+        other => {
+            p.push(
+                yaml::join(path, "format"),
+                format!("unknown journal format {other:?} (postfix, exim)"),
+            );
+            None
+        }
+    };
+    let units = raw.units.unwrap_or_default();
+    let identifiers = raw.identifiers.unwrap_or_default();
+    if !units.is_empty() && !identifiers.is_empty() {
+        p.push(
+            yaml::join(path, "identifiers"),
+            "set `units` or `identifiers`, not both (journalctl would require both to match)",
+        );
+    }
+    for (field, values) in [("units", &units), ("identifiers", &identifiers)] {
+        for (i, v) in values.iter().enumerate() {
+            if v.trim().is_empty() || v.contains('\n') {
+                p.push(
+                    yaml::join(&yaml::join(path, field), &format!("[{i}]")),
+                    format!("{v:?} is not a valid {field} value"),
+                );
+            }
+        }
+    }
+    let slack = duration_or(
+        p,
+        &yaml::join(path, "slack"),
+        raw.slack.as_ref(),
+        Duration::from_secs(600),
+    );
+    Some(LogSourceConfig {
+        format: format?,
+        journal: Some(JournalInput {
+            units,
+            identifiers,
+            directory: raw.directory.map(Into::into),
+            files: raw.files.unwrap_or_default(),
+            journalctl: raw.journalctl.unwrap_or_else(|| "journalctl".into()),
+        }),
+        paths: Vec::new(),
+        utc_offset: FixedOffset::east_opt(0).expect("zero"),
         slack: slack?,
     })
 }

@@ -94,6 +94,26 @@ pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
     }
     for (name, ecfg) in &cfg.evidence {
         match &ecfg.kind {
+            EvidenceKind::Log(l) if l.journal.is_some() => {
+                let input = l.journal.clone().expect("a journal source");
+                let (source, probe_input) = (name.clone(), input.clone());
+                let probed = tokio::task::spawn_blocking(move || {
+                    crate::adapters::journal::probe(&source, &probe_input)
+                })
+                .await;
+                match probed {
+                    Ok(Ok(last)) => println!(
+                        "ok    evidence {name}: {} records in {} ({})",
+                        l.format.as_str(),
+                        crate::adapters::tail::journal_label(&input),
+                        last.map_or("no matching record yet".to_string(), |t| format!(
+                            "newest matching record at {t}"
+                        ))
+                    ),
+                    Ok(Err(e)) => fail(e.to_string()),
+                    Err(e) => fail(format!("evidence {name}: {e}")),
+                }
+            }
             EvidenceKind::Log(l) => match logfile::resolve(name, &l.paths) {
                 Ok(files) => {
                     let unreadable: Vec<String> = files

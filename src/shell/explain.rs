@@ -238,11 +238,14 @@ fn pending_lines(
 /// message with the lookup key since the row's time (less slack), line by
 /// line and recipient by recipient.
 fn scan_lines(out: &mut String, scan: &SourceScan, row: &StuckRow, lookup: &str) {
+    let journal = scan.journal;
     let _ = writeln!(
         out,
-        "              scanned {} file(s), {} lines: {}",
+        "              scanned {} {}, {} {}: {}",
         scan.stats.files,
+        if journal { "journal" } else { "file(s)" },
         scan.stats.lines,
+        if journal { "records" } else { "lines" },
         scan.files
             .iter()
             .map(|f| f.display().to_string())
@@ -270,12 +273,8 @@ fn scan_lines(out: &mut String, scan: &SourceScan, row: &StuckRow, lookup: &str)
                 .unwrap_or_default()
         );
         for (l, text) in m.lines.iter().zip(&m.texts) {
-            let file = scan
-                .files
-                .get(l.file as usize)
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            let _ = writeln!(out, "                {file}:{}  {text}", l.line);
+            let at = crate::shell::pass::EvidenceIndex::reference(scan, l);
+            let _ = writeln!(out, "                {at}  {text}");
         }
         for r in &m.recipients {
             let _ = writeln!(

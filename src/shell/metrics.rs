@@ -60,6 +60,7 @@ pub struct Metrics {
     held: IntGaugeVec,
     lookups: IntCounterVec,
     source_up: IntGaugeVec,
+    lines_read: IntCounterVec,
     expiring: IntGaugeVec,
     reloads: IntCounterVec,
     reload_ok: IntGaugeVec,
@@ -161,6 +162,13 @@ impl Metrics {
             ),
             &["source"],
         )));
+        let lines_read = f.add(must(IntCounterVec::new(
+            Opts::new(
+                "sweeper_evidence_lines_read_total",
+                "Lines (journal sources: records) read from each log source; the daemon reads only what is new.",
+            ),
+            &["source"],
+        )));
         let expiring = f.add(must(IntGaugeVec::new(
             Opts::new(
                 "sweeper_evidence_expiring_rows",
@@ -214,6 +222,7 @@ impl Metrics {
             held,
             lookups,
             source_up,
+            lines_read,
             expiring,
             reloads,
             reload_ok,
@@ -247,9 +256,12 @@ impl Metrics {
             self.expiring.with_label_values(&[n]);
             self.examined.with_label_values(&[n]);
         }
-        for name in cfg.evidence.keys() {
+        for (name, e) in &cfg.evidence {
             for v in VERDICT_LABELS {
                 self.lookups.with_label_values(&[name, v]);
+            }
+            if matches!(e.kind, crate::config::EvidenceKind::Log(_)) {
+                self.lines_read.with_label_values(&[name]);
             }
         }
         self.forget_removed(cfg);
@@ -321,6 +333,9 @@ impl Metrics {
             self.source_up
                 .with_label_values(&[source])
                 .set(i64::from(err.is_none()));
+        }
+        for (source, n) in &result.lines_read {
+            self.lines_read.with_label_values(&[source]).inc_by(*n);
         }
     }
 

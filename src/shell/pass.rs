@@ -25,6 +25,7 @@
 //! (core::decide) or SQL/wire formats (adapters).
 
 use crate::adapters::db::{Db, DbError, LockGuard, StaleSummary, SweepTable, Target, Transition};
+use crate::adapters::journal;
 use crate::adapters::logfile::{self, ScanStats};
 use crate::adapters::provider::{self, WantedRow};
 use crate::adapters::queue::presence::PresenceIndex;
@@ -230,6 +231,9 @@ impl EvidenceIndex for SourceScan {
         self.slack
     }
     fn reference(&self, l: &LineRef) -> String {
+        if let Some(c) = self.cursors.get(&l.line) {
+            return format!("{} cursor {c}", self.file_name(l.file));
+        }
         match self.refs.get(l.line as usize) {
             Some(r) if !self.refs.is_empty() => r.clone(),
             _ => format!("{}:{}", self.file_name(l.file), l.line),
@@ -250,6 +254,12 @@ impl EvidenceIndex for Tailer {
     fn store(&self) -> &TraceStore {
         &self.store
     }
+    fn reference(&self, l: &LineRef) -> String {
+        match self.record_cursors.get(&l.line) {
+            Some(c) => format!("{} cursor {c}", self.file_name(l.file)),
+            None => format!("{}:{}", self.file_name(l.file), l.line),
+        }
+    }
     fn file_name(&self, i: u32) -> String {
         self.names
             .get(i as usize)
@@ -269,6 +279,10 @@ pub struct SourceScan {
     pub slack: Duration,
     /// Provider event references (`LineRef.line` indexes them); empty for logs.
     pub refs: Vec<String>,
+    /// Journal sources: the cursor of each record that became evidence.
+    pub cursors: HashMap<u64, String>,
+    /// Read from the systemd journal (`files` holds its label).
+    pub journal: bool,
     /// Keys a provider could not be asked about, and why.
     pub failed: HashMap<String, String>,
     /// Absence means nothing for rows younger than this.
@@ -288,6 +302,8 @@ impl SourceScan {
             stats,
             slack,
             refs: Vec::new(),
+            cursors: HashMap::new(),
+            journal: false,
             failed: HashMap::new(),
             lag: Duration::ZERO,
             retention: None,
@@ -306,6 +322,8 @@ impl SourceScan {
             },
             slack: cfg.slack,
             refs: ps.refs,
+            cursors: HashMap::new(),
+            journal: false,
             failed: ps.failed,
             lag: cfg.visibility_lag,
             retention: cfg.retention,
@@ -328,6 +346,8 @@ pub struct PassResult {
     /// Every evidence source read in this pass: `None` when it was read,
     /// else why not.
     pub sources: BTreeMap<String, Option<String>>,
+    /// Per log source: lines (journal: records) this pass read.
+    pub lines_read: BTreeMap<String, u64>,
 }
 
 impl PassResult {
@@ -456,7 +476,7 @@ pub async fn run_pass(
 
     let mut sources = BTreeMap::new();
     let mut scans = read_once(cfg, &mut opened, opts, wall_now).await;
-    let tailers = if opts.incremental {
+    let (tailers, mut lines_read) = if opts.incremental {
         let used: HashSet<String> = opened
             .iter()
             .filter(|o| o.ready.is_some())
@@ -464,8 +484,14 @@ pub async fn run_pass(
             .collect();
         poll_tailers(cfg, conns, &used, wall_now).await
     } else {
-        BTreeMap::new()
+        (BTreeMap::new(), BTreeMap::new())
     };
+    for (name, scan) in &scans {
+        if let (Ok(s), Some(EvidenceKind::Log(_))) = (scan, cfg.evidence.get(name).map(|e| &e.kind))
+        {
+            lines_read.insert(name.clone(), s.stats.lines);
+        }
+    }
     for (name, scan) in &scans {
         let err = match scan {
             Err(e) => Some(e.clone()),
@@ -514,6 +540,7 @@ pub async fn run_pass(
         scans,
         details,
         sources,
+        lines_read,
     }
 }
 
@@ -773,6 +800,9 @@ async fn read_once(
             .get(&source)
             .expect("validation resolves sources");
         let scan = match &ecfg.kind {
+            EvidenceKind::Log(lcfg) if lcfg.journal.is_some() => {
+                scan_journal(&source, lcfg, keys, since, opts).await
+            }
             EvidenceKind::Log(lcfg) => scan_log(&source, lcfg, keys, opts, wall_now).await,
             EvidenceKind::Provider(pcfg) => {
                 // A time-range scan: it starts at the earliest window and
@@ -802,6 +832,51 @@ async fn read_once(
         out.insert(source, scan);
     }
     out
+}
+
+/// One read of a journal source for `keys`, from the earliest window start.
+async fn scan_journal(
+    source: &str,
+    lcfg: &crate::config::LogSourceConfig,
+    keys: HashSet<String>,
+    since: Option<Timestamp>,
+    opts: &PassOptions,
+) -> Result<SourceScan, String> {
+    let lcfg = lcfg.clone();
+    let name = source.to_string();
+    let keep_text = opts.keep_text;
+    tokio::task::spawn_blocking(move || -> Result<SourceScan, String> {
+        let input = lcfg.journal.clone().expect("a journal source");
+        let from = match since {
+            Some(t) => journal::From::Since(t - TimeDelta::seconds(1)),
+            None => journal::From::Start,
+        };
+        let mut parser = logfile::parser_for(&lcfg, KeyFilter::Wanted(keys), chrono::Utc::now());
+        let mut store = TraceStore::new(keep_text);
+        let mut cursors = HashMap::new();
+        let read = journal::read(
+            &name,
+            &input,
+            &lcfg.format,
+            &from,
+            1,
+            parser.as_mut(),
+            &mut store,
+            &mut cursors,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut scan = SourceScan::of_log(
+            vec![PathBuf::from(crate::adapters::tail::journal_label(&input))],
+            store,
+            read.stats,
+            lcfg.slack,
+        );
+        scan.cursors = cursors;
+        scan.journal = true;
+        Ok(scan)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("evidence {source}: journal read failed: {e}")))
 }
 
 /// One full scan of a log source for `keys`.
@@ -892,7 +967,10 @@ async fn poll_tailers(
     conns: &Connections,
     used: &HashSet<String>,
     wall_now: Timestamp,
-) -> BTreeMap<String, (SharedTailer, Option<String>, u64)> {
+) -> (
+    BTreeMap<String, (SharedTailer, Option<String>, u64)>,
+    BTreeMap<String, u64>,
+) {
     // Per source: the longest any configured sweep may wait for its
     // evidence (not only the sweeps due now: pruning for one sweep must not
     // drop what another still needs).
@@ -910,6 +988,7 @@ async fn poll_tailers(
     }
     // Only sources the sweeps of this pass use are read now.
     horizon.retain(|s, _| used.contains(*s));
+    let mut read = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (source, keep) in horizon {
         let ecfg = cfg
@@ -926,11 +1005,19 @@ async fn poll_tailers(
             let mut tailer = guard;
             let r = tailer.poll(wall_now);
             tailer.prune(wall_now - keep);
-            (r.err().map(|e| e.to_string()), tailer.stats.bytes)
+            let polled_lines = r.as_ref().map_or(0, |s| s.lines);
+            (
+                r.err().map(|e| e.to_string()),
+                tailer.stats.bytes,
+                polled_lines,
+            )
         })
         .await;
         let (shared, err, bytes) = match polled {
-            Ok((err, bytes)) => (shared, err, bytes),
+            Ok((err, bytes, polled_lines)) => {
+                read.insert(source.to_string(), polled_lines);
+                (shared, err, bytes)
+            }
             Err(e) => {
                 // The tailer may be half-updated; a fresh one re-reads.
                 let fresh = conns.replace_tailer(source, Tailer::new(source, lcfg, wall_now));
@@ -946,7 +1033,7 @@ async fn poll_tailers(
         }
         out.insert(source.to_string(), (shared, err, bytes));
     }
-    out
+    (out, read)
 }
 
 /// Where the walk finds each source's evidence.

@@ -262,6 +262,9 @@ pub struct TraceStore {
     by_key: HashMap<String, Vec<usize>>,
     /// Keep line texts (for `explain`).
     pub keep_text: bool,
+    /// Lines recorded so far (a reader can tell whether a line it fed
+    /// became evidence).
+    touches: u64,
 }
 
 impl TraceStore {
@@ -286,11 +289,22 @@ impl TraceStore {
     pub fn touch(&mut self, id: usize, at: LineRef, text: &[u8]) {
         let keep = self.keep_text;
         if let Some(m) = self.messages.get_mut(&id) {
+            self.touches += 1;
             m.lines.push(at);
             if keep {
                 m.texts.push(String::from_utf8_lossy(text).into_owned());
             }
         }
+    }
+
+    /// Lines recorded so far.
+    pub fn touches(&self) -> u64 {
+        self.touches
+    }
+
+    /// Every line any kept trace refers to.
+    pub fn lines(&self) -> impl Iterator<Item = &LineRef> {
+        self.messages.values().flat_map(|m| m.lines.iter())
     }
 
     pub fn get(&self, id: usize) -> Option<&MessageTrace> {
