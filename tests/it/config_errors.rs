@@ -67,6 +67,8 @@ const CASES: &[Case] = &[
     Case { name: "a job without a class", edit: ("class: NotifyUser, ", ""), path: "sweeps.comments.pending.job", line_of: "job: {queue: notify", says: "missing `class`" },
     Case { name: "metrics auth with both schemes", edit: ("queues:\n", "metrics:\n  auth: {bearer_token: t, basic: {username: u, password: p}}\nqueues:\n"), path: "metrics.auth", line_of: "auth: {bearer_token", says: "set exactly one of `bearer_token` or `basic" },
     Case { name: "metrics basic auth with a colon in the user", edit: ("queues:\n", "metrics:\n  auth:\n    basic: {username: \"a:b\", password: p}\nqueues:\n"), path: "metrics.auth.basic.username", line_of: "username: \"a:b\"", says: "without `:`" },
+    Case { name: "a journal source in a file-only format", edit: ("  postfix:\n    kind: log\n    format: postfix\n    paths: [/var/log/mail.log]", "  postfix:\n    kind: journal\n    format: custom"), path: "evidence.postfix.format", line_of: "format: custom", says: "unknown journal format \"custom\" (postfix, exim)" },
+    Case { name: "a journal source with units and identifiers", edit: ("  postfix:\n    kind: log\n    format: postfix\n    paths: [/var/log/mail.log]", "  postfix:\n    kind: journal\n    format: postfix\n    units: [postfix.service]\n    identifiers: [postfix/smtp]"), path: "evidence.postfix.identifiers", line_of: "identifiers:", says: "set `units` or `identifiers`, not both" },
     Case { name: "unknown queue kind", edit: ("kind: resque", "kind: beanstalk"), path: "queues.resque.kind", line_of: "kind: beanstalk", says: "unknown queue kind \"beanstalk\"" },
     Case { name: "missing queue kind", edit: ("    kind: resque\n", ""), path: "queues.resque", line_of: "  resque:", says: "missing `kind`" },
     Case { name: "unknown log format", edit: ("format: postfix", "format: sendmail"), path: "evidence.postfix.format", line_of: "format: sendmail", says: "unknown log format \"sendmail\"" },
@@ -234,7 +236,7 @@ fn the_annotated_example_config_is_valid() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.sweeps.len(), 6);
     assert_eq!(cfg.queues.len(), 8);
-    assert_eq!(cfg.evidence.len(), 8);
+    assert_eq!(cfg.evidence.len(), 9);
     let receipts = cfg.sweep("receipts").unwrap();
     assert_eq!(receipts.states.sent, sweeper::config::StateValue::Int(2));
     assert_eq!(receipts.table.to_string(), "billing.receipts");

@@ -10,7 +10,7 @@ use sweeper::config::{LogFormat, LogSourceConfig};
 use sweeper::core::evidence::{normalize_key, KeyFilter, TraceStore};
 use sweeper::core::model::{FailReason, InFlightReason, Verdict};
 
-fn manifest(path: &Path) -> Vec<(String, Value)> {
+pub fn manifest(path: &Path) -> Vec<(String, Value)> {
     let m: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     m["messages"]
         .as_object()
@@ -20,9 +20,14 @@ fn manifest(path: &Path) -> Vec<(String, Value)> {
         .collect()
 }
 
-fn scan(format: LogFormat, files: &[std::path::PathBuf], wanted: HashSet<String>) -> TraceStore {
+pub fn scan(
+    format: LogFormat,
+    files: &[std::path::PathBuf],
+    wanted: HashSet<String>,
+) -> TraceStore {
     let cfg = LogSourceConfig {
         format,
+        journal: None,
         paths: vec![],
         utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
         slack: std::time::Duration::from_secs(600),
@@ -37,7 +42,7 @@ fn scan(format: LogFormat, files: &[std::path::PathBuf], wanted: HashSet<String>
     store
 }
 
-fn wanted(messages: &[(String, Value)]) -> HashSet<String> {
+pub fn wanted(messages: &[(String, Value)]) -> HashSet<String> {
     messages
         .iter()
         .map(|(k, _)| normalize_key(k).to_string())
@@ -64,7 +69,7 @@ fn expected_postfix(kind: &str) -> Verdict {
 }
 
 /// Every verdict matches the manifest; returns (matched, false sent).
-fn check_postfix(store: &TraceStore, messages: &[(String, Value)]) {
+pub fn check_postfix(store: &TraceStore, messages: &[(String, Value)]) {
     let mut false_sent = Vec::new();
     let mut wrong = Vec::new();
     for (mid, m) in messages {

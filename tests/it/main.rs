@@ -11,6 +11,7 @@ mod evidence_fixtures;
 mod guards;
 mod init;
 mod job_systems;
+mod journal;
 mod ops;
 mod outages;
 mod providers;
