@@ -4,6 +4,7 @@
 pub mod db;
 pub mod journal;
 pub mod logfile;
+pub mod logstore;
 pub mod provider;
 pub mod queue;
 pub mod tail;

@@ -47,14 +47,16 @@ const MAX_PAGES: usize = 200;
 
 /// How a source authenticates; the secret parts stay `Secret`s until the
 /// request is built.
-enum Auth {
+pub(crate) enum Auth {
     Basic(String, Secret),
     Bearer(Secret),
     Header(&'static str, Secret),
     Headers(Vec<(String, Secret)>),
 }
 
-struct Client {
+/// An HTTP JSON client with a source's politeness: rate limit, timeouts,
+/// retries with backoff, 429 waits, and a per-pass circuit breaker.
+pub(crate) struct Client {
     http: reqwest::Client,
     name: String,
     auth: Auth,
@@ -62,7 +64,7 @@ struct Client {
     next_slot: tokio::sync::Mutex<tokio::time::Instant>,
     retries: u32,
     broken: Mutex<Option<String>>,
-    requests: AtomicU64,
+    pub(crate) requests: AtomicU64,
 }
 
 /// Percent-encode one URL path segment or query value.
@@ -103,24 +105,30 @@ fn wait_hint(h: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 impl Client {
     fn new(name: &str, cfg: &ProviderConfig, auth: Auth) -> Result<Client, String> {
+        Client::with(name, cfg.timeout, cfg.rate_limit, cfg.retries, auth)
+    }
+
+    pub(crate) fn with(
+        name: &str,
+        timeout: Duration,
+        rate_limit: f64,
+        retries: u32,
+        auth: Auth,
+    ) -> Result<Client, String> {
         let http = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout)
+            .timeout(timeout)
+            .connect_timeout(timeout)
             .user_agent(concat!("sweeper/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
-        let rps = if cfg.rate_limit > 0.0 {
-            cfg.rate_limit
-        } else {
-            1000.0
-        };
+        let rps = if rate_limit > 0.0 { rate_limit } else { 1000.0 };
         Ok(Client {
             http,
             name: name.to_string(),
             auth,
             interval: Duration::from_secs_f64(1.0 / rps),
             next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-            retries: cfg.retries,
+            retries,
             broken: Mutex::new(None),
             requests: AtomicU64::new(0),
         })
@@ -154,6 +162,32 @@ impl Client {
     /// Postmark's 422 ErrorCode 701). On list and search endpoints a 404
     /// means a wrong domain, region or URL: an error, never "no events".
     async fn get(&self, url: &str, per_item: bool) -> Result<Option<Value>, String> {
+        self.request(reqwest::Method::GET, url, None, &[], per_item)
+            .await
+    }
+
+    /// Send a request with an optional JSON body and extra headers; the
+    /// answer's JSON. Errors as for `get` (a 404 is an error).
+    pub(crate) async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> Result<Value, String> {
+        self.request(method, url, body, headers, false)
+            .await?
+            .ok_or_else(|| format!("{}: no answer from {url}", self.name))
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+        per_item: bool,
+    ) -> Result<Option<Value>, String> {
         if let Some(why) = self.broken() {
             return Err(format!(
                 "{}: not asked: the source failed earlier in this pass ({why})",
@@ -164,7 +198,16 @@ impl Client {
         loop {
             self.wait_turn().await;
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let mut req = self.http.get(url).header("Accept", "application/json");
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .header("Accept", "application/json");
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            for (k, v) in headers {
+                req = req.header(*k, v.as_str());
+            }
             req = match &self.auth {
                 Auth::Basic(u, p) => req.basic_auth(u, Some(p.expose())),
                 Auth::Bearer(t) => req.bearer_auth(t.expose()),

@@ -361,6 +361,8 @@ pub struct EvidenceConfig {
 pub enum EvidenceKind {
     Log(LogSourceConfig),
     Provider(ProviderConfig),
+    /// Mail logs in a central store (Loki, Elasticsearch/OpenSearch).
+    Store(StoreConfig),
 }
 
 impl EvidenceKind {
@@ -368,6 +370,7 @@ impl EvidenceKind {
         match self {
             EvidenceKind::Log(_) => "log",
             EvidenceKind::Provider(p) => p.api.as_str(),
+            EvidenceKind::Store(s) => s.api.as_str(),
         }
     }
 
@@ -376,6 +379,74 @@ impl EvidenceKind {
         match self {
             EvidenceKind::Log(l) => l.slack,
             EvidenceKind::Provider(p) => p.slack,
+            EvidenceKind::Store(s) => s.slack,
+        }
+    }
+}
+
+/// A central log store searched for a source's mail-log lines, which go
+/// through the same line parser as a file's.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub api: StoreApi,
+    /// `Postfix` or `Exim`.
+    pub format: LogFormat,
+    pub base_url: String,
+    pub auth: Option<StoreAuth>,
+    /// Requests per second, at most.
+    pub rate_limit: f64,
+    pub timeout: Duration,
+    pub retries: u32,
+    /// How long the store keeps lines (`None`: unknown).
+    pub retention: Option<Duration>,
+    pub slack: Duration,
+    /// Lines (hits) per request.
+    pub page_size: usize,
+    /// The longest key filter of one query, in bytes (many keys per query).
+    pub max_query_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum StoreAuth {
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    Bearer(Secret),
+    /// Elasticsearch `Authorization: ApiKey <key>`.
+    ApiKey(Secret),
+}
+
+#[derive(Clone, Debug)]
+pub enum StoreApi {
+    Loki {
+        /// The stream selector, e.g. `{job="postfix"}`.
+        selector: String,
+        /// `X-Scope-OrgID`.
+        tenant: Option<String>,
+        /// The longest time range of one query (Loki's max_query_length).
+        max_range: Duration,
+    },
+    Elasticsearch {
+        /// Index or pattern; `%Y`, `%m`, `%d` expand to each day searched.
+        index: String,
+        /// OpenSearch's point-in-time API instead of Elasticsearch's.
+        opensearch: bool,
+        message_field: String,
+        time_field: String,
+        /// A keyword field holding the Message-ID (`terms`); without it a
+        /// `match_phrase` on `message_field`.
+        key_field: Option<String>,
+        /// A keyword field holding the queue id, for the second round.
+        queue_id_field: Option<String>,
+    },
+}
+
+impl StoreApi {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StoreApi::Loki { .. } => "loki",
+            StoreApi::Elasticsearch { .. } => "elasticsearch",
         }
     }
 }

@@ -263,6 +263,56 @@ pub struct RawLogSource {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: String,
+    /// `postfix` or `exim`.
+    pub format: String,
+    pub url: String,
+    // Loki
+    #[serde(default)]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub max_range: Option<String>,
+    // Elasticsearch / OpenSearch
+    #[serde(default)]
+    pub index: Option<String>,
+    #[serde(default)]
+    pub flavor: Option<String>,
+    #[serde(default)]
+    pub message_field: Option<String>,
+    #[serde(default)]
+    pub time_field: Option<String>,
+    #[serde(default)]
+    pub key_field: Option<String>,
+    #[serde(default)]
+    pub queue_id_field: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    // Both
+    #[serde(default)]
+    pub basic: Option<RawBasicAuth>,
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub retention: Option<String>,
+    #[serde(default)]
+    pub slack: Option<String>,
+    #[serde(default)]
+    pub page_size: Option<usize>,
+    #[serde(default)]
+    pub max_query_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawJournal {
     pub kind: String,
     /// `postfix` or `exim`.

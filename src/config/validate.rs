@@ -759,7 +759,7 @@ const SIDEKIQ_RESERVED: &[&str] = &[
     "retry",
 ];
 
-const EVIDENCE_KINDS: &str = "log, journal, mailgun, sendgrid, postmark, http";
+const EVIDENCE_KINDS: &str = "log, journal, loki, elasticsearch, mailgun, sendgrid, postmark, http";
 const LOG_FORMATS: &str = "postfix, exim, custom, jsonl";
 
 fn evidence_source(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<EvidenceConfig> {
@@ -772,6 +772,11 @@ fn evidence_source(p: &mut Problems, path: &str, name: &str, node: Node) -> Opti
         "journal" => {
             let raw: RawJournal = p.decode(node, path)?;
             EvidenceKind::Log(journal_source(p, path, raw)?)
+        }
+        k @ ("loki" | "elasticsearch") => {
+            let kind = k.to_string();
+            let raw: RawStore = p.decode(node, path)?;
+            EvidenceKind::Store(store_source(p, path, &kind, raw)?)
         }
         k @ ("mailgun" | "sendgrid" | "postmark" | "http") => {
             let kind = k.to_string();
@@ -885,6 +890,174 @@ fn log_source(p: &mut Problems, path: &str, raw: RawLogSource) -> Option<LogSour
         paths: raw.paths,
         utc_offset: utc_offset?,
         slack: slack?,
+    })
+}
+
+/// A Loki or Elasticsearch/OpenSearch source of Postfix or Exim lines.
+fn store_source(p: &mut Problems, path: &str, kind: &str, raw: RawStore) -> Option<StoreConfig> {
+    let sub = |k: &str| yaml::join(path, k);
+    let format = match raw.format.as_str() {
+        "postfix" => Some(LogFormat::Postfix),
+        "exim" => Some(LogFormat::Exim),
+        other => {
+            p.push(
+                sub("format"),
+                format!("unknown format {other:?} for a {kind} source (postfix, exim)"),
+            );
+            None
+        }
+    };
+    let url_ok = raw.url.starts_with("http://") || raw.url.starts_with("https://");
+    if !url_ok {
+        p.push(
+            sub("url"),
+            format!(
+                "invalid url {:?}: expected http:// or https://",
+                redact_url(&raw.url)
+            ),
+        );
+    }
+    let userinfo = raw
+        .url
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+        .unwrap_or(false);
+    if userinfo {
+        p.push(
+            sub("url"),
+            "credentials in the url would be printed with it: use `basic`, `bearer_token` or `api_key`",
+        );
+    }
+    let loki_only = [
+        ("selector", raw.selector.is_some()),
+        ("tenant", raw.tenant.is_some()),
+        ("max_range", raw.max_range.is_some()),
+    ];
+    let es_only = [
+        ("index", raw.index.is_some()),
+        ("flavor", raw.flavor.is_some()),
+        ("message_field", raw.message_field.is_some()),
+        ("time_field", raw.time_field.is_some()),
+        ("key_field", raw.key_field.is_some()),
+        ("queue_id_field", raw.queue_id_field.is_some()),
+        ("api_key", raw.api_key.is_some()),
+    ];
+    let (other, foreign) = if kind == "loki" {
+        ("elasticsearch", &es_only[..])
+    } else {
+        ("loki", &loki_only[..])
+    };
+    for (field, present) in foreign {
+        if *present {
+            p.push(
+                sub(field),
+                format!("`{field}` belongs to {other} sources, not {kind}"),
+            );
+        }
+    }
+    let api = if kind == "loki" {
+        let selector = raw.selector.clone().unwrap_or_default();
+        let sel = selector.trim();
+        if !(sel.starts_with('{') && sel.ends_with('}')) || sel.len() < 3 {
+            p.push(
+                sub("selector"),
+                format!("expected a LogQL stream selector such as {{job=\"postfix\"}}, found {selector:?}"),
+            );
+        }
+        let max_range = duration_or(
+            p,
+            &sub("max_range"),
+            raw.max_range.as_ref(),
+            Duration::from_secs(721 * 3600),
+        );
+        StoreApi::Loki {
+            selector,
+            tenant: raw.tenant.clone(),
+            max_range: max_range?,
+        }
+    } else {
+        let opensearch = match raw.flavor.as_deref() {
+            None | Some("elasticsearch") => false,
+            Some("opensearch") => true,
+            Some(other) => {
+                p.push(
+                    sub("flavor"),
+                    format!("unknown flavor {other:?} (elasticsearch, opensearch)"),
+                );
+                false
+            }
+        };
+        let index = raw.index.clone().unwrap_or_default();
+        if index.trim().is_empty() || index.contains(['/', ' ', '?', '#']) {
+            p.push(
+                sub("index"),
+                format!("expected an index name or pattern, e.g. filebeat-* or mail-%Y.%m.%d, found {index:?}"),
+            );
+        }
+        StoreApi::Elasticsearch {
+            index,
+            opensearch,
+            message_field: raw
+                .message_field
+                .clone()
+                .unwrap_or_else(|| "message".into()),
+            time_field: raw
+                .time_field
+                .clone()
+                .unwrap_or_else(|| "@timestamp".into()),
+            key_field: raw.key_field.clone(),
+            queue_id_field: raw.queue_id_field.clone(),
+        }
+    };
+    let auth = match (&raw.basic, &raw.bearer_token, &raw.api_key) {
+        (None, None, None) => None,
+        (Some(b), None, None) => Some(StoreAuth::Basic {
+            username: b.username.clone(),
+            password: Secret::new(b.password.clone()),
+        }),
+        (None, Some(t), None) => Some(StoreAuth::Bearer(Secret::new(t.clone()))),
+        (None, None, Some(k)) => Some(StoreAuth::ApiKey(Secret::new(k.clone()))),
+        _ => {
+            p.push(path, "set one of `basic`, `bearer_token` or `api_key`");
+            None
+        }
+    };
+    let page_size = raw.page_size.unwrap_or(1000);
+    if page_size == 0 {
+        p.push(sub("page_size"), "must be at least 1");
+    }
+    let max_query_bytes = raw.max_query_bytes.unwrap_or(4096);
+    if max_query_bytes < 256 {
+        p.push(sub("max_query_bytes"), "must be at least 256");
+    }
+    let timeout = duration_or(
+        p,
+        &sub("timeout"),
+        raw.timeout.as_ref(),
+        Duration::from_secs(30),
+    );
+    let slack = duration_or(
+        p,
+        &sub("slack"),
+        raw.slack.as_ref(),
+        Duration::from_secs(600),
+    );
+    let retention = match &raw.retention {
+        None => None,
+        Some(r) => p.check(&sub("retention"), positive_duration(r)),
+    };
+    Some(StoreConfig {
+        api,
+        format: format?,
+        base_url: raw.url.trim_end_matches('/').to_string(),
+        auth,
+        rate_limit: raw.rate_limit.unwrap_or(10.0),
+        timeout: timeout?,
+        retries: raw.retries.unwrap_or(3),
+        retention,
+        slack: slack?,
+        page_size,
+        max_query_bytes,
     })
 }
 

@@ -144,6 +144,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
                 }
                 Err(e) => fail(e.to_string()),
             },
+            EvidenceKind::Store(sc) => match crate::adapters::logstore::probe(name, sc).await {
+                Ok(desc) => println!("ok    evidence {name}: {desc}"),
+                Err(e) => fail(format!("evidence {name}: {e}")),
+            },
             EvidenceKind::Provider(pc) => {
                 // Ask about a key that cannot exist: reaches the API with the
                 // credentials and expects "not found", not 401/5xx.

@@ -239,19 +239,27 @@ fn pending_lines(
 /// line and recipient by recipient.
 fn scan_lines(out: &mut String, scan: &SourceScan, row: &StuckRow, lookup: &str) {
     let journal = scan.journal;
-    let _ = writeln!(
-        out,
-        "              scanned {} {}, {} {}: {}",
-        scan.stats.files,
-        if journal { "journal" } else { "file(s)" },
-        scan.stats.lines,
-        if journal { "records" } else { "lines" },
-        scan.files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    if scan.searched {
+        let _ = writeln!(
+            out,
+            "              searched: {} line(s) found for the wanted keys and their queue ids",
+            scan.stats.lines
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "              scanned {} {}, {} {}: {}",
+            scan.stats.files,
+            if journal { "journal" } else { "file(s)" },
+            scan.stats.lines,
+            if journal { "records" } else { "lines" },
+            scan.files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let since = row.updated_at - TimeDelta::from_std(scan.slack).unwrap_or(TimeDelta::MAX);
     let all = scan.store.instances(lookup, None);
     let counted = scan.store.instances(lookup, Some(since));

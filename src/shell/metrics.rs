@@ -260,7 +260,10 @@ impl Metrics {
             for v in VERDICT_LABELS {
                 self.lookups.with_label_values(&[name, v]);
             }
-            if matches!(e.kind, crate::config::EvidenceKind::Log(_)) {
+            if matches!(
+                e.kind,
+                crate::config::EvidenceKind::Log(_) | crate::config::EvidenceKind::Store(_)
+            ) {
                 self.lines_read.with_label_values(&[name]);
             }
         }

@@ -27,6 +27,7 @@
 use crate::adapters::db::{Db, DbError, LockGuard, StaleSummary, SweepTable, Target, Transition};
 use crate::adapters::journal;
 use crate::adapters::logfile::{self, ScanStats};
+use crate::adapters::logstore;
 use crate::adapters::provider::{self, WantedRow};
 use crate::adapters::queue::presence::PresenceIndex;
 use crate::adapters::queue::{BuiltJob, JobRequest, QueueClient, QueueError};
@@ -283,6 +284,8 @@ pub struct SourceScan {
     pub cursors: HashMap<u64, String>,
     /// Read from the systemd journal (`files` holds its label).
     pub journal: bool,
+    /// Searched in a log store (Loki, Elasticsearch).
+    pub searched: bool,
     /// Keys a provider could not be asked about, and why.
     pub failed: HashMap<String, String>,
     /// Absence means nothing for rows younger than this.
@@ -304,9 +307,31 @@ impl SourceScan {
             refs: Vec::new(),
             cursors: HashMap::new(),
             journal: false,
+            searched: false,
             failed: HashMap::new(),
             lag: Duration::ZERO,
             retention: None,
+            windowed: true,
+        }
+    }
+
+    fn of_store(cfg: &crate::config::StoreConfig, ls: logstore::StoreScan) -> Self {
+        SourceScan {
+            files: Vec::new(),
+            store: ls.store,
+            stats: ScanStats {
+                files: 0,
+                bytes: 0,
+                lines: ls.lines,
+            },
+            slack: cfg.slack,
+            refs: ls.refs,
+            cursors: HashMap::new(),
+            journal: false,
+            searched: true,
+            failed: HashMap::new(),
+            lag: Duration::ZERO,
+            retention: cfg.retention,
             windowed: true,
         }
     }
@@ -324,6 +349,7 @@ impl SourceScan {
             refs: ps.refs,
             cursors: HashMap::new(),
             journal: false,
+            searched: false,
             failed: ps.failed,
             lag: cfg.visibility_lag,
             retention: cfg.retention,
@@ -487,8 +513,8 @@ pub async fn run_pass(
         (BTreeMap::new(), BTreeMap::new())
     };
     for (name, scan) in &scans {
-        if let (Ok(s), Some(EvidenceKind::Log(_))) = (scan, cfg.evidence.get(name).map(|e| &e.kind))
-        {
+        let kind = cfg.evidence.get(name).map(|e| &e.kind);
+        if let (Ok(s), Some(EvidenceKind::Log(_) | EvidenceKind::Store(_))) = (scan, kind) {
             lines_read.insert(name.clone(), s.stats.lines);
         }
     }
@@ -677,6 +703,8 @@ impl Ready {
 fn read_once_kind(kind: &EvidenceKind, opts: &PassOptions, stale_sending: u64) -> bool {
     match kind {
         EvidenceKind::Log(_) => !opts.incremental,
+        // Searched once per pass for every wanted key, daemon or not.
+        EvidenceKind::Store(_) => true,
         EvidenceKind::Provider(p) => {
             matches!(p.api, crate::config::ProviderApi::Mailgun { .. })
                 && stale_sending > p.time_range_above as u64
@@ -804,6 +832,12 @@ async fn read_once(
                 scan_journal(&source, lcfg, keys, since, opts).await
             }
             EvidenceKind::Log(lcfg) => scan_log(&source, lcfg, keys, opts, wall_now).await,
+            EvidenceKind::Store(scfg) => {
+                let since = since.unwrap_or(wall_now);
+                logstore::fetch(&source, scfg, &keys, since, wall_now, opts.keep_text)
+                    .await
+                    .map(|ls| SourceScan::of_store(scfg, ls))
+            }
             EvidenceKind::Provider(pcfg) => {
                 // A time-range scan: it starts at the earliest window and
                 // matches the keys locally (per-row fields are for per-key
@@ -1631,6 +1665,7 @@ async fn settle_page(
 fn retention_of(cfg: &Config, source: &str) -> Option<Duration> {
     match &cfg.evidence.get(source)?.kind {
         EvidenceKind::Provider(p) => p.retention,
+        EvidenceKind::Store(s) => s.retention,
         EvidenceKind::Log(_) => None,
     }
 }

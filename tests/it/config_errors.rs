@@ -69,6 +69,9 @@ const CASES: &[Case] = &[
     Case { name: "metrics basic auth with a colon in the user", edit: ("queues:\n", "metrics:\n  auth:\n    basic: {username: \"a:b\", password: p}\nqueues:\n"), path: "metrics.auth.basic.username", line_of: "username: \"a:b\"", says: "without `:`" },
     Case { name: "a journal source in a file-only format", edit: ("  postfix:\n    kind: log\n    format: postfix\n    paths: [/var/log/mail.log]", "  postfix:\n    kind: journal\n    format: custom"), path: "evidence.postfix.format", line_of: "format: custom", says: "unknown journal format \"custom\" (postfix, exim)" },
     Case { name: "a journal source with units and identifiers", edit: ("  postfix:\n    kind: log\n    format: postfix\n    paths: [/var/log/mail.log]", "  postfix:\n    kind: journal\n    format: postfix\n    units: [postfix.service]\n    identifiers: [postfix/smtp]"), path: "evidence.postfix.identifiers", line_of: "identifiers:", says: "set `units` or `identifiers`, not both" },
+    Case { name: "a loki source without a stream selector", edit: ("  postfix:\n    kind: log\n    format: postfix\n    paths: [/var/log/mail.log]", "  postfix:\n    kind: loki\n    format: postfix\n    url: http://loki:3100\n    selector: job=postfix"), path: "evidence.postfix.selector", line_of: "selector: job=postfix", says: "expected a LogQL stream selector" },
+    Case { name: "an elasticsearch option on a loki source", edit: ("  postfix:\n    kind: log\n    format: postfix\n    paths: [/var/log/mail.log]", "  postfix:\n    kind: loki\n    format: postfix\n    url: http://loki:3100\n    selector: '{job=\"x\"}'\n    index: mail-*"), path: "evidence.postfix.index", line_of: "index: mail-*", says: "`index` belongs to elasticsearch sources, not loki" },
+    Case { name: "credentials in a log store url", edit: ("  postfix:\n    kind: log\n    format: postfix\n    paths: [/var/log/mail.log]", "  postfix:\n    kind: elasticsearch\n    format: postfix\n    url: https://elastic:pw@es:9200\n    index: mail-*"), path: "evidence.postfix.url", line_of: "url: https://elastic", says: "credentials in the url would be printed" },
     Case { name: "unknown queue kind", edit: ("kind: resque", "kind: beanstalk"), path: "queues.resque.kind", line_of: "kind: beanstalk", says: "unknown queue kind \"beanstalk\"" },
     Case { name: "missing queue kind", edit: ("    kind: resque\n", ""), path: "queues.resque", line_of: "  resque:", says: "missing `kind`" },
     Case { name: "unknown log format", edit: ("format: postfix", "format: sendmail"), path: "evidence.postfix.format", line_of: "format: sendmail", says: "unknown log format \"sendmail\"" },
@@ -236,7 +239,7 @@ fn the_annotated_example_config_is_valid() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.sweeps.len(), 6);
     assert_eq!(cfg.queues.len(), 8);
-    assert_eq!(cfg.evidence.len(), 9);
+    assert_eq!(cfg.evidence.len(), 11);
     let receipts = cfg.sweep("receipts").unwrap();
     assert_eq!(receipts.states.sent, sweeper::config::StateValue::Int(2));
     assert_eq!(receipts.table.to_string(), "billing.receipts");

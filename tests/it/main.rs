@@ -12,6 +12,7 @@ mod guards;
 mod init;
 mod job_systems;
 mod journal;
+mod log_stores;
 mod ops;
 mod outages;
 mod providers;
