@@ -446,6 +446,57 @@ fn field<'a>(doc: &'a Value, name: &str) -> Option<&'a Value> {
     name.split('.').try_fold(doc, |d, part| d.get(part))
 }
 
+/// The `_source` fields a search asks for.
+fn source_fields(
+    message: &str,
+    time: &str,
+    parsed: Option<&crate::config::ParsedFields>,
+) -> Vec<String> {
+    let mut f = vec![message.to_string(), time.to_string()];
+    if let Some(p) = parsed {
+        f.extend([&p.queue_id, &p.message_id, &p.recipient, &p.status].map(String::clone));
+        f.extend(p.dsn.iter().chain(&p.detail).cloned());
+    }
+    f
+}
+
+fn text_field(doc: &Value, name: &str) -> Option<String> {
+    match field(doc, name)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Array(a) => a.first().and_then(Value::as_str).map(str::to_string),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The Postfix line an already-parsed document stands for: its `cleanup`
+/// line (queue id + Message-ID) or a delivery line (queue id, recipient,
+/// status, dsn, the server's answer). `None` for anything else.
+pub fn line_of_fields(doc: &Value, f: &crate::config::ParsedFields) -> Option<String> {
+    let qid = text_field(doc, &f.queue_id)?;
+    if let Some(mid) = text_field(doc, &f.message_id) {
+        let mid = crate::core::evidence::normalize_key(&mid).to_string();
+        return Some(format!("- postfix/cleanup[0]: {qid}: message-id=<{mid}>"));
+    }
+    let rcpt = text_field(doc, &f.recipient)?;
+    let status = text_field(doc, &f.status)?;
+    let dsn = f
+        .dsn
+        .as_ref()
+        .and_then(|d| text_field(doc, d))
+        .map(|d| format!(", dsn={d}"))
+        .unwrap_or_default();
+    let detail = f
+        .detail
+        .as_ref()
+        .and_then(|d| text_field(doc, d))
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default();
+    Some(format!(
+        "- postfix/smtp[0]: {qid}: to=<{rcpt}>{dsn}, status={status}{detail}"
+    ))
+}
+
 async fn es_search(
     client: &Client,
     cfg: &StoreConfig,
@@ -461,6 +512,7 @@ async fn es_search(
         time_field,
         key_field,
         queue_id_field,
+        parsed,
     } = &cfg.api
     else {
         unreachable!("an Elasticsearch source");
@@ -530,7 +582,7 @@ async fn es_search(
                     ]}},
                     "pit": {"id": pit, "keep_alive": "2m"},
                     "sort": [{time_field.as_str(): {"order": "asc"}}, tiebreak],
-                    "_source": [message_field, time_field],
+                    "_source": source_fields(message_field, time_field, parsed.as_ref()),
                     "track_total_hits": false,
                 });
                 if let Some(a) = &after {
@@ -555,8 +607,12 @@ async fn es_search(
                     .ok_or_else(|| format!("elasticsearch: no hits.hits in {}", short(&doc)))?;
                 for h in hits {
                     let src = h.get("_source").unwrap_or(&Value::Null);
-                    let Some(text) = field(src, message_field).and_then(Value::as_str) else {
-                        continue;
+                    let text = match field(src, message_field).and_then(Value::as_str) {
+                        Some(t) => t.to_string(),
+                        None => match parsed.as_ref().and_then(|p| line_of_fields(src, p)) {
+                            Some(t) => t,
+                            None => continue,
+                        },
                     };
                     let at = field(src, time_field)
                         .and_then(Value::as_str)
@@ -570,7 +626,7 @@ async fn es_search(
                             .and_then(|s| s.get(1))
                             .and_then(Value::as_i64)
                             .unwrap_or(0),
-                        text: text.to_string(),
+                        text,
                         reference: format!(
                             "{}/{}",
                             h.get("_index").and_then(Value::as_str).unwrap_or("?"),
@@ -660,6 +716,33 @@ mod tests {
                 t("2026-11-29T01:00:00Z")
             ),
             "filebeat-*"
+        );
+    }
+
+    #[test]
+    fn parsed_documents_become_the_lines_they_stand_for() {
+        let f = crate::config::ParsedFields {
+            queue_id: "postfix.queue_id".into(),
+            message_id: "email.message_id".into(),
+            recipient: "email.to.address".into(),
+            status: "postfix.status".into(),
+            dsn: Some("postfix.dsn".into()),
+            detail: Some("postfix.response".into()),
+        };
+        let cleanup = json!({"postfix": {"queue_id": "ABC123"}, "email": {"message_id": "<m@x>"}});
+        assert_eq!(
+            line_of_fields(&cleanup, &f).unwrap(),
+            "- postfix/cleanup[0]: ABC123: message-id=<m@x>"
+        );
+        let smtp = json!({"postfix.queue_id": "ABC123", "email": {"to": {"address": ["u@d"]}},
+                          "postfix": {"status": "bounced", "dsn": "5.1.1", "response": "550 no"}});
+        assert_eq!(
+            line_of_fields(&smtp, &f).unwrap(),
+            "- postfix/smtp[0]: ABC123: to=<u@d>, dsn=5.1.1, status=bounced (550 no)"
+        );
+        assert_eq!(
+            line_of_fields(&json!({"postfix": {"queue_id": "A"}}), &f),
+            None
         );
     }
 

@@ -439,7 +439,22 @@ pub enum StoreApi {
         key_field: Option<String>,
         /// A keyword field holding the queue id, for the second round.
         queue_id_field: Option<String>,
+        /// Documents that keep Postfix's fields instead of the line.
+        parsed: Option<ParsedFields>,
     },
+}
+
+/// Where already-parsed Postfix documents keep each field (e.g. ECS
+/// `email.message_id`, `email.to.address`). A document without the line
+/// becomes the line those fields stand for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedFields {
+    pub queue_id: String,
+    pub message_id: String,
+    pub recipient: String,
+    pub status: String,
+    pub dsn: Option<String>,
+    pub detail: Option<String>,
 }
 
 impl StoreApi {

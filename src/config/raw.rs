@@ -290,6 +290,8 @@ pub struct RawStore {
     pub queue_id_field: Option<String>,
     #[serde(default)]
     pub api_key: Option<String>,
+    #[serde(default)]
+    pub parsed: Option<RawParsedFields>,
     // Both
     #[serde(default)]
     pub basic: Option<RawBasicAuth>,
@@ -309,6 +311,19 @@ pub struct RawStore {
     pub page_size: Option<usize>,
     #[serde(default)]
     pub max_query_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParsedFields {
+    pub queue_id: String,
+    pub message_id: String,
+    pub recipient: String,
+    pub status: String,
+    #[serde(default)]
+    pub dsn: Option<String>,
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

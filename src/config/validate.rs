@@ -941,6 +941,7 @@ fn store_source(p: &mut Problems, path: &str, kind: &str, raw: RawStore) -> Opti
         ("key_field", raw.key_field.is_some()),
         ("queue_id_field", raw.queue_id_field.is_some()),
         ("api_key", raw.api_key.is_some()),
+        ("parsed", raw.parsed.is_some()),
     ];
     let (other, foreign) = if kind == "loki" {
         ("elasticsearch", &es_only[..])
@@ -994,6 +995,29 @@ fn store_source(p: &mut Problems, path: &str, kind: &str, raw: RawStore) -> Opti
                 format!("expected an index name or pattern, e.g. filebeat-* or mail-%Y.%m.%d, found {index:?}"),
             );
         }
+        let parsed = raw.parsed.as_ref().map(|f| ParsedFields {
+            queue_id: f.queue_id.clone(),
+            message_id: f.message_id.clone(),
+            recipient: f.recipient.clone(),
+            status: f.status.clone(),
+            dsn: f.dsn.clone(),
+            detail: f.detail.clone(),
+        });
+        if parsed.is_some() && raw.format != "postfix" {
+            p.push(
+                sub("parsed"),
+                "parsed fields are read for Postfix documents only",
+            );
+        }
+        // Parsed documents are searched by their own keyword fields.
+        let key_field = raw
+            .key_field
+            .clone()
+            .or_else(|| parsed.as_ref().map(|f| f.message_id.clone()));
+        let queue_id_field = raw
+            .queue_id_field
+            .clone()
+            .or_else(|| parsed.as_ref().map(|f| f.queue_id.clone()));
         StoreApi::Elasticsearch {
             index,
             opensearch,
@@ -1005,8 +1029,9 @@ fn store_source(p: &mut Problems, path: &str, kind: &str, raw: RawStore) -> Opti
                 .time_field
                 .clone()
                 .unwrap_or_else(|| "@timestamp".into()),
-            key_field: raw.key_field.clone(),
-            queue_id_field: raw.queue_id_field.clone(),
+            key_field,
+            queue_id_field,
+            parsed,
         }
     };
     let auth = match (&raw.basic, &raw.bearer_token, &raw.api_key) {

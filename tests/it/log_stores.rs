@@ -527,7 +527,7 @@ async fn the_exim_capture_through_loki_gives_the_files_verdicts() {
 /// `mail-YYYY.MM.DD`: `@timestamp` and the `message` without its own time
 /// (as a log shipper stores it).
 fn fake_es(lines: Vec<(i64, String)>, opensearch: bool) -> Arc<Handler> {
-    fake_es_with(lines, opensearch, false)
+    fake_es_with(lines, opensearch, Docs::Lines)
 }
 
 /// The Postfix queue id and Message-ID a log shipper's pipeline would have
@@ -546,20 +546,64 @@ fn parsed_fields(line: &str) -> (Option<String>, Option<String>) {
     (qid, mid)
 }
 
-fn fake_es_with(lines: Vec<(i64, String)>, opensearch: bool, parsed: bool) -> Arc<Handler> {
-    let docs: Vec<(i64, usize, String, String)> = lines
+/// How the fake Elasticsearch stores the capture.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Docs {
+    /// The line (without its timestamp) in `message`, searched by phrase.
+    Lines,
+    /// The line plus `email.message_id` / `postfix.queue_id`, by terms.
+    Fields,
+    /// Only a pipeline's parsed fields, no line: message-id and delivery
+    /// records, by terms.
+    ParsedOnly,
+}
+
+fn delivery_fields(line: &str) -> Option<(String, String, String, String)> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let c = RE
+        .get_or_init(|| {
+            regex::Regex::new(r"to=<([^>]*)>,.* dsn=([0-9.]+), status=([a-z]+) \((.*)\)$").unwrap()
+        })
+        .captures(line)?;
+    Some((
+        c[1].to_string(),
+        c[2].to_string(),
+        c[3].to_string(),
+        c[4].to_string(),
+    ))
+}
+
+fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |d, part| d.get(part))
+}
+
+fn fake_es_with(lines: Vec<(i64, String)>, opensearch: bool, mode: Docs) -> Arc<Handler> {
+    let parsed = mode != Docs::Lines;
+    let docs: Vec<(i64, usize, String, Value)> = lines
         .into_iter()
         .enumerate()
-        .map(|(i, (t, l))| {
-            let cut = if l.as_bytes()[0].is_ascii_digit() {
-                20
-            } else {
-                16
-            };
+        .filter_map(|(i, (t, l))| {
+            let cut = if l.as_bytes()[0].is_ascii_digit() { 20 } else { 16 };
             let index = chrono::DateTime::from_timestamp_nanos(t)
                 .format("mail-%Y.%m.%d")
                 .to_string();
-            (t, i, index, l[cut..].to_string())
+            let m = l[cut..].to_string();
+            let (qid, mid) = parsed_fields(&m);
+            let source = match mode {
+                Docs::Lines | Docs::Fields => json!({"message": m,
+                    "email": {"message_id": mid}, "postfix": {"queue_id": qid}}),
+                Docs::ParsedOnly => {
+                    let qid = qid?;
+                    match (mid, delivery_fields(&m)) {
+                        (Some(mid), _) => json!({"email": {"message_id": mid}, "postfix": {"queue_id": qid}}),
+                        (None, Some((rcpt, dsn, status, resp))) => json!({
+                            "email": {"to": {"address": rcpt}},
+                            "postfix": {"queue_id": qid, "status": status, "dsn": dsn, "response": resp}}),
+                        (None, None) => return None,
+                    }
+                }
+            };
+            Some((t, i, index, source))
         })
         .collect();
     let pit = Arc::new(Mutex::new((0u64, Vec::<String>::new())));
@@ -641,16 +685,18 @@ fn fake_es_with(lines: Vec<(i64, String)>, opensearch: bool, parsed: bool) -> Ar
                             .collect(),
                     )
                 });
-                let matches = |m: &str| match &terms {
-                    None => phrases.iter().any(|ph| m.contains(ph.as_str())),
+                let matches = |src: &Value| match &terms {
+                    None => src["message"]
+                        .as_str()
+                        .is_some_and(|m| phrases.iter().any(|ph| m.contains(ph.as_str()))),
                     Some((f, values)) => {
-                        let (qid, mid) = parsed_fields(m);
-                        let v = match f.as_str() {
-                            "email.message_id" => mid,
-                            "postfix.queue_id" => qid,
-                            other => panic!("unexpected field {other}"),
-                        };
-                        v.is_some_and(|v| values.contains(&v))
+                        assert!(
+                            f == "email.message_id" || f == "postfix.queue_id",
+                            "unexpected field {f}"
+                        );
+                        lookup(src, f)
+                            .and_then(Value::as_str)
+                            .is_some_and(|v| values.iter().any(|x| x == v))
                     }
                 };
                 assert_eq!(b["sort"][0], json!({"@timestamp": {"order": "asc"}}));
@@ -665,7 +711,7 @@ fn fake_es_with(lines: Vec<(i64, String)>, opensearch: bool, parsed: bool) -> Ar
                 let after: Option<(i64, usize)> = b
                     .get("search_after")
                     .map(|a| (a[0].as_i64().unwrap(), a[1].as_u64().unwrap() as usize));
-                let mut hits: Vec<&(i64, usize, String, String)> = docs
+                let mut hits: Vec<&(i64, usize, String, Value)> = docs
                     .iter()
                     .filter(|(t, i, _, m)| {
                         *t >= gte
@@ -682,16 +728,16 @@ fn fake_es_with(lines: Vec<(i64, String)>, opensearch: bool, parsed: bool) -> Ar
                 let body = json!({
                     "pit_id": next, "took": 3, "timed_out": false,
                     "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
-                    "hits": {"max_score": null, "hits": hits.iter().map(|(t, i, index, m)| json!({
-                        "_index": index, "_id": format!("d{i:06}"), "_score": null,
-                        "_source": {
-                            "@timestamp": chrono::DateTime::from_timestamp_nanos(*t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                            "message": m,
-                            "email": {"message_id": parsed_fields(m).1},
-                            "postfix": {"queue_id": parsed_fields(m).0},
-                        },
-                        "sort": [t / 1_000_000, i],
-                    })).collect::<Vec<_>>()},
+                    "hits": {"max_score": null, "hits": hits.iter().map(|(t, i, index, src)| {
+                        let mut src = src.clone();
+                        src["@timestamp"] = json!(chrono::DateTime::from_timestamp_nanos(*t)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                        json!({
+                            "_index": index, "_id": format!("d{i:06}"), "_score": null,
+                            "_source": src,
+                            "sort": [t / 1_000_000, i],
+                        })
+                    }).collect::<Vec<_>>()},
                 });
                 same_shape(&body, &doc_example("es_search_pit.json"), "search");
                 (200, vec![], body)
@@ -745,7 +791,7 @@ async fn keyword_fields_of_parsed_documents_are_searched_with_terms() {
     let keys: Vec<String> = messages.iter().map(|(k, _)| k.clone()).collect();
     let b = app(dir.path(), &keys, "2026-11-28 20:00:00").await;
     let want = verdicts(&report(&config(&b, dir.path(), &file_source("postfix"))));
-    let server = Server::start(fake_es_with(capture("postfix"), false, true)).await;
+    let server = Server::start(fake_es_with(capture("postfix"), false, Docs::Fields)).await;
     let source = es_source(&server.url(), "postfix", false)
         + "    key_field: email.message_id\n    queue_id_field: postfix.queue_id\n";
     let got = verdicts(&report(&config(&b, dir.path(), &source)));
@@ -763,6 +809,39 @@ async fn keyword_fields_of_parsed_documents_are_searched_with_terms() {
         .body
         .to_string()
         .contains("\"terms\":{\"postfix.queue_id\"")));
+    b.cleanup().await;
+}
+
+/// Only decisions and verdicts: a pipeline that keeps parsed fields keeps
+/// less than the line, so details differ.
+fn decisions(rows: &[Value]) -> Vec<Value> {
+    rows.iter()
+        .map(|r| {
+            json!([
+                r["key"],
+                r["decision"],
+                r["reason"],
+                r["evidence"]["verdict"],
+                r["evidence"]["reason"]
+            ])
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_that_keep_only_parsed_fields_give_the_files_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let messages = manifest(&fixtures().join("postfix/manifest.json"));
+    let keys: Vec<String> = messages.iter().map(|(k, _)| k.clone()).collect();
+    let b = app(dir.path(), &keys, "2026-11-28 20:00:00").await;
+    let want = verdicts(&report(&config(&b, dir.path(), &file_source("postfix"))));
+    let server = Server::start(fake_es_with(capture("postfix"), false, Docs::ParsedOnly)).await;
+    let source = es_source(&server.url(), "postfix", false)
+        + "    parsed: {queue_id: postfix.queue_id, message_id: email.message_id, recipient: email.to.address, status: postfix.status, dsn: postfix.dsn, detail: postfix.response}\n";
+    let got = verdicts(&report(&config(&b, dir.path(), &source)));
+    assert_eq!(decisions(&got), decisions(&want));
+    let settled = got.iter().filter(|r| r["decision"] != "leave").count();
+    assert!(settled >= 150, "{settled} rows settled from parsed fields");
     b.cleanup().await;
 }
 
