@@ -582,7 +582,7 @@ async fn es_search(
                     ]}},
                     "pit": {"id": pit, "keep_alive": "2m"},
                     "sort": [{time_field.as_str(): {"order": "asc"}}, tiebreak],
-                    "_source": source_fields(message_field, time_field, parsed.as_ref()),
+                    "_source": source_fields(message_field, time_field, parsed.as_deref()),
                     "track_total_hits": false,
                 });
                 if let Some(a) = &after {

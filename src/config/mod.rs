@@ -362,7 +362,7 @@ pub enum EvidenceKind {
     Log(LogSourceConfig),
     Provider(ProviderConfig),
     /// Mail logs in a central store (Loki, Elasticsearch/OpenSearch).
-    Store(StoreConfig),
+    Store(Box<StoreConfig>),
 }
 
 impl EvidenceKind {
@@ -440,7 +440,7 @@ pub enum StoreApi {
         /// A keyword field holding the queue id, for the second round.
         queue_id_field: Option<String>,
         /// Documents that keep Postfix's fields instead of the line.
-        parsed: Option<ParsedFields>,
+        parsed: Option<Box<ParsedFields>>,
     },
 }
 

@@ -776,7 +776,7 @@ fn evidence_source(p: &mut Problems, path: &str, name: &str, node: Node) -> Opti
         k @ ("loki" | "elasticsearch") => {
             let kind = k.to_string();
             let raw: RawStore = p.decode(node, path)?;
-            EvidenceKind::Store(store_source(p, path, &kind, raw)?)
+            EvidenceKind::Store(Box::new(store_source(p, path, &kind, raw)?))
         }
         k @ ("mailgun" | "sendgrid" | "postmark" | "http") => {
             let kind = k.to_string();
@@ -995,13 +995,15 @@ fn store_source(p: &mut Problems, path: &str, kind: &str, raw: RawStore) -> Opti
                 format!("expected an index name or pattern, e.g. filebeat-* or mail-%Y.%m.%d, found {index:?}"),
             );
         }
-        let parsed = raw.parsed.as_ref().map(|f| ParsedFields {
-            queue_id: f.queue_id.clone(),
-            message_id: f.message_id.clone(),
-            recipient: f.recipient.clone(),
-            status: f.status.clone(),
-            dsn: f.dsn.clone(),
-            detail: f.detail.clone(),
+        let parsed = raw.parsed.as_ref().map(|f| {
+            Box::new(ParsedFields {
+                queue_id: f.queue_id.clone(),
+                message_id: f.message_id.clone(),
+                recipient: f.recipient.clone(),
+                status: f.status.clone(),
+                dsn: f.dsn.clone(),
+                detail: f.detail.clone(),
+            })
         });
         if parsed.is_some() && raw.format != "postfix" {
             p.push(
