@@ -60,6 +60,7 @@ pub struct Metrics {
     held: IntGaugeVec,
     lookups: IntCounterVec,
     source_up: IntGaugeVec,
+    lock_skipped: IntCounterVec,
     lines_read: IntCounterVec,
     expiring: IntGaugeVec,
     reloads: IntCounterVec,
@@ -162,6 +163,13 @@ impl Metrics {
             ),
             &["source"],
         )));
+        let lock_skipped = f.add(must(IntCounterVec::new(
+            Opts::new(
+                "sweeper_lock_skipped_total",
+                "Passes that did nothing because another sweeper instance held the sweep's lock.",
+            ),
+            &["sweep"],
+        )));
         let lines_read = f.add(must(IntCounterVec::new(
             Opts::new(
                 "sweeper_evidence_lines_read_total",
@@ -222,6 +230,7 @@ impl Metrics {
             held,
             lookups,
             source_up,
+            lock_skipped,
             lines_read,
             expiring,
             reloads,
@@ -255,6 +264,7 @@ impl Metrics {
             self.last_success.with_label_values(&[n]);
             self.expiring.with_label_values(&[n]);
             self.examined.with_label_values(&[n]);
+            self.lock_skipped.with_label_values(&[n]);
         }
         for (name, e) in &cfg.evidence {
             for v in VERDICT_LABELS {
@@ -347,7 +357,10 @@ impl Metrics {
         for e in &s.errors {
             self.errors.with_label_values(&[n, e.stage.as_str()]).inc();
         }
-        if s.skipped.is_some() {
+        if let Some(why) = &s.skipped {
+            if why == super::pass::SKIPPED_LOCKED {
+                self.lock_skipped.with_label_values(&[n]).inc();
+            }
             return; // another instance holds the lock and reports
         }
         self.duration

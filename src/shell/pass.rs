@@ -195,6 +195,9 @@ impl PassOptions {
     }
 }
 
+/// Why a sweep's pass did nothing: another instance holds its lock.
+pub const SKIPPED_LOCKED: &str = "another sweeper instance holds this sweep's lock";
+
 /// Where a pass looks evidence up: a one-off scan or a daemon's tailer.
 pub trait EvidenceIndex: Sync {
     fn store(&self) -> &TraceStore;
@@ -642,7 +645,7 @@ async fn try_open(
         match db.try_lock(&table).await.map_err(at(Stage::Lock))? {
             Some(l) => *lock_out = Some(l),
             None => {
-                report.skipped = Some("another sweeper instance holds this sweep's lock".into());
+                report.skipped = Some(SKIPPED_LOCKED.into());
                 return Ok(None);
             }
         }

@@ -114,8 +114,8 @@ fn daemon_config(base: &Path, port: u16, every: &str, extra_sweep: &str) -> Stri
 /// A running daemon; its stderr goes to a file (a pipe nobody reads would
 /// fill up with audit lines and block it).
 pub struct Daemon {
-    child: Child,
-    log: tempfile::NamedTempFile,
+    pub child: Child,
+    pub log: tempfile::NamedTempFile,
 }
 
 /// A failing test must not leave its daemon running.

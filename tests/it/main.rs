@@ -8,6 +8,7 @@ mod browser;
 mod config_errors;
 mod daemon;
 mod evidence_fixtures;
+mod failover;
 mod guards;
 mod init;
 mod job_systems;
