@@ -167,6 +167,39 @@ fn nanos(t: Timestamp) -> i64 {
     t.timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
+/// Lines found, each once, in time order (then the store's own order).
+type Found = BTreeMap<(i64, i64, String, String), ()>;
+
+/// Parse `found` as one log into `store`; the references of its lines, by
+/// `LineRef.line`.
+fn parse_all(
+    cfg: &StoreConfig,
+    keys: &HashSet<String>,
+    now: Timestamp,
+    found: &Found,
+    store: &mut TraceStore,
+) -> Vec<String> {
+    let mut parser = crate::adapters::logfile::parser_for(
+        &crate::config::LogSourceConfig {
+            format: cfg.format.clone(),
+            journal: None,
+            paths: Vec::new(),
+            utc_offset: chrono::FixedOffset::east_opt(0).expect("zero"),
+            slack: cfg.slack,
+        },
+        KeyFilter::Wanted(keys.clone()),
+        now,
+    );
+    let mut refs = Vec::with_capacity(found.len());
+    for (at, _, reference, text) in found.keys() {
+        let line = parse_line(&cfg.format, *at, text);
+        let i = refs.len() as u64;
+        refs.push(reference.clone());
+        parser.feed(line.as_bytes(), LineRef { file: 0, line: i }, store);
+    }
+    refs
+}
+
 /// Search the store for `keys` (normalised Message-IDs) in `[since, now]`
 /// and parse what it holds of them.
 pub async fn fetch(
@@ -180,34 +213,14 @@ pub async fn fetch(
     let client = Client::with(name, cfg.timeout, cfg.rate_limit, cfg.retries, auth_of(cfg))?;
     let mut wanted: Vec<String> = keys.iter().cloned().collect();
     wanted.sort();
-    let mut found: BTreeMap<(i64, i64, String, String), ()> = BTreeMap::new();
     let first = search(&client, cfg, Round::Keys, &wanted, since, now).await?;
+    let mut found: Found = first
+        .into_iter()
+        .map(|l| ((l.at, l.tiebreak, l.reference, l.text), ()))
+        .collect();
     // The queue ids the first round leads to.
-    let mut scratch = crate::adapters::logfile::parser_for(
-        &crate::config::LogSourceConfig {
-            format: cfg.format.clone(),
-            journal: None,
-            paths: Vec::new(),
-            utc_offset: chrono::FixedOffset::east_opt(0).expect("zero"),
-            slack: cfg.slack,
-        },
-        KeyFilter::Wanted(keys.clone()),
-        now,
-    );
     let mut probe = TraceStore::new(false);
-    let mut sorted = first.clone();
-    sorted.sort_by(|a, b| (a.at, a.tiebreak, &a.reference).cmp(&(b.at, b.tiebreak, &b.reference)));
-    for (i, l) in sorted.iter().enumerate() {
-        let line = parse_line(&cfg.format, l.at, &l.text);
-        scratch.feed(
-            line.as_bytes(),
-            LineRef {
-                file: 0,
-                line: i as u64,
-            },
-            &mut probe,
-        );
-    }
+    parse_all(cfg, keys, now, &found, &mut probe);
     let mut qids: Vec<String> = probe
         .messages()
         .map(|(_, m)| m.id.clone())
@@ -216,40 +229,17 @@ pub async fn fetch(
         .into_iter()
         .collect();
     qids.sort();
-    let second = if qids.is_empty() {
-        Vec::new()
-    } else {
-        search(&client, cfg, Round::QueueIds, &qids, since, now).await?
-    };
-    for l in first.into_iter().chain(second) {
-        found.insert((l.at, l.tiebreak, l.reference, l.text), ());
+    if !qids.is_empty() {
+        for l in search(&client, cfg, Round::QueueIds, &qids, since, now).await? {
+            found.insert((l.at, l.tiebreak, l.reference, l.text), ());
+        }
     }
     // One log, in time order, each line once.
-    let mut parser = crate::adapters::logfile::parser_for(
-        &crate::config::LogSourceConfig {
-            format: cfg.format.clone(),
-            journal: None,
-            paths: Vec::new(),
-            utc_offset: chrono::FixedOffset::east_opt(0).expect("zero"),
-            slack: cfg.slack,
-        },
-        KeyFilter::Wanted(keys.clone()),
-        now,
-    );
     let mut scan = StoreScan {
         store: TraceStore::new(keep_text),
         ..StoreScan::default()
     };
-    for ((at, _, reference, text), ()) in found {
-        let line = parse_line(&cfg.format, at, &text);
-        let i = scan.refs.len() as u64;
-        scan.refs.push(reference);
-        parser.feed(
-            line.as_bytes(),
-            LineRef { file: 0, line: i },
-            &mut scan.store,
-        );
-    }
+    scan.refs = parse_all(cfg, keys, now, &found, &mut scan.store);
     scan.lines = scan.refs.len() as u64;
     scan.requests = client.requests.load(Ordering::Relaxed);
     Ok(scan)

@@ -41,6 +41,41 @@ pub fn message(cfg: &AmqpConfig, f: &JobFields<'_>) -> (String, Vec<u8>, Vec<(St
     (routing_key, body, headers)
 }
 
+/// Wait for every publisher confirm, within `timeout` in all. Per message:
+/// acked, or why not (returned as unroutable, nacked, no confirm).
+pub(crate) async fn await_confirms<F>(
+    queue: &str,
+    pending: Vec<F>,
+    timeout: std::time::Duration,
+) -> Result<Vec<Result<(), String>>, QueueError>
+where
+    F: std::future::Future<Output = Result<Confirmation, lapin::Error>>,
+{
+    let waited = tokio::time::timeout(timeout, async {
+        let mut out = Vec::with_capacity(pending.len());
+        for c in pending {
+            out.push(match c.await {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(_))) => {
+                    Err("unroutable: no queue is bound for its routing key (returned)".to_string())
+                }
+                Ok(Confirmation::Nack(_)) => Err("the broker nacked the message".to_string()),
+                Ok(Confirmation::NotRequested) => Err("no publisher confirm".to_string()),
+                Err(e) => Err(format!("waiting for the confirm: {e}")),
+            });
+        }
+        out
+    })
+    .await;
+    waited.map_err(|_| {
+        amqp_err(
+            queue,
+            "waiting for publisher confirms",
+            format!("no confirm within {timeout:?}"),
+        )
+    })
+}
+
 impl Amqp {
     pub async fn connect(name: &str, cfg: &AmqpConfig) -> Result<Amqp, QueueError> {
         let url = cfg.url.to_string();
@@ -107,29 +142,7 @@ impl Amqp {
                 .map_err(|e| amqp_err(&self.name, "publishing", e))?;
             pending.push(confirm);
         }
-        let waited = tokio::time::timeout(self.cfg.confirm_timeout, async {
-            let mut out = Vec::with_capacity(pending.len());
-            for c in pending {
-                out.push(match c.await {
-                    Ok(Confirmation::Ack(None)) => Ok(()),
-                    Ok(Confirmation::Ack(Some(_))) => Err(
-                        "unroutable: no queue is bound for its routing key (returned)".to_string(),
-                    ),
-                    Ok(Confirmation::Nack(_)) => Err("the broker nacked the message".to_string()),
-                    Ok(Confirmation::NotRequested) => Err("no publisher confirm".to_string()),
-                    Err(e) => Err(format!("waiting for the confirm: {e}")),
-                });
-            }
-            out
-        })
-        .await;
-        waited.map_err(|_| {
-            amqp_err(
-                &self.name,
-                "waiting for publisher confirms",
-                format!("no confirm within {:?}", self.cfg.confirm_timeout),
-            )
-        })
+        await_confirms(&self.name, pending, self.cfg.confirm_timeout).await
     }
 
     pub fn ping(&self) -> Result<String, QueueError> {

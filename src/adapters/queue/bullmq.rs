@@ -184,24 +184,17 @@ impl Bullmq {
         ];
         for (suffix, len_cmd, range_cmd, running) in sources {
             let key = self.key(queue, suffix);
-            let len: u64 = redis::cmd(len_cmd)
-                .arg(&key)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(super::redis_err(&self.name, "reading the queue"))?;
-            let take = len.min(budget);
-            idx.truncated |= len > take;
-            if take > 0 {
-                let got: Vec<String> = redis::cmd(range_cmd)
-                    .arg(&key)
-                    .arg(0)
-                    .arg(take as i64 - 1)
-                    .query_async(&mut self.conn)
-                    .await
-                    .map_err(super::redis_err(&self.name, "reading the queue"))?;
-                ids.extend(got.into_iter().map(|id| (id, running)));
-            }
-            budget -= take;
+            let got = super::presence::read_bounded(
+                &mut self.conn,
+                &key,
+                (len_cmd, range_cmd),
+                budget,
+                &mut idx,
+            )
+            .await
+            .map_err(super::redis_err(&self.name, "reading the queue"))?;
+            budget -= got.len() as u64;
+            ids.extend(got.into_iter().map(|id| (id, running)));
         }
         for chunk in ids.chunks(500) {
             let mut pipe = redis::pipe();

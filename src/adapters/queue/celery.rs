@@ -28,7 +28,7 @@ use crate::config::{CeleryBroker, CeleryConfig};
 use base64::Engine as _;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Map, Value};
 
 /// kombu's separator between a queue's name and its priority step.
@@ -405,29 +405,7 @@ impl Celery {
                 .map_err(|e| amqp_err(name, "publishing", e))?;
             pending.push(confirm);
         }
-        let waited = tokio::time::timeout(confirm_timeout, async {
-            let mut out = Vec::with_capacity(pending.len());
-            for c in pending {
-                out.push(match c.await {
-                    Ok(Confirmation::Ack(None)) => Ok(()),
-                    Ok(Confirmation::Ack(Some(_))) => {
-                        Err("unroutable: the queue is gone (returned)".to_string())
-                    }
-                    Ok(Confirmation::Nack(_)) => Err("the broker nacked the message".to_string()),
-                    Ok(Confirmation::NotRequested) => Err("no publisher confirm".to_string()),
-                    Err(e) => Err(format!("waiting for the confirm: {e}")),
-                });
-            }
-            out
-        })
-        .await;
-        waited.map_err(|_| {
-            amqp_err(
-                name,
-                "waiting for publisher confirms",
-                format!("no confirm within {confirm_timeout:?}"),
-            )
-        })
+        super::amqp::await_confirms(name, pending, confirm_timeout).await
     }
 
     /// Tasks waiting in `queue` (every priority list) and taken but not
@@ -446,26 +424,14 @@ impl Celery {
         let mut budget = max_entries;
         for step in PRIORITY_STEPS {
             let key = redis_key(prefix, queue, step);
-            let len: u64 = redis::cmd("LLEN")
-                .arg(&key)
-                .query_async(conn)
-                .await
-                .map_err(super::redis_err(&self.name, "reading the queue"))?;
-            let take = len.min(budget);
-            idx.truncated |= len > take;
-            if take > 0 {
-                let entries: Vec<String> = redis::cmd("LRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(take as i64 - 1)
-                    .query_async(conn)
+            let entries =
+                super::presence::read_bounded(conn, &key, ("LLEN", "LRANGE"), budget, &mut idx)
                     .await
                     .map_err(super::redis_err(&self.name, "reading the queue"))?;
-                for e in &entries {
-                    add_envelope(&mut idx, e, false);
-                }
+            budget -= entries.len() as u64;
+            for e in &entries {
+                add_envelope(&mut idx, e, false);
             }
-            budget -= take;
         }
         let unacked = format!("{prefix}unacked");
         let len: u64 = redis::cmd("HLEN")

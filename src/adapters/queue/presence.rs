@@ -112,31 +112,44 @@ pub fn no_kwargs() -> Value {
     Value::Object(Map::new())
 }
 
-/// Add the first `budget` entries of a list (`LLEN`/`LRANGE`) or sorted
-/// set (`ZCARD`/`ZRANGE`) to the index as queued jobs. Returns how many were
-/// read; marks the index truncated when the structure holds more.
-pub(crate) async fn scan_queued(
+/// The first `budget` entries of a list (`LLEN`/`LRANGE`) or sorted set
+/// (`ZCARD`/`ZRANGE`); marks the index truncated when the structure holds
+/// more.
+pub(crate) async fn read_bounded(
     conn: &mut redis::aio::MultiplexedConnection,
     key: &str,
     (len_cmd, range_cmd): (&str, &str),
     budget: u64,
     idx: &mut PresenceIndex,
-) -> redis::RedisResult<u64> {
+) -> redis::RedisResult<Vec<String>> {
     let len: u64 = redis::cmd(len_cmd).arg(key).query_async(conn).await?;
     let take = len.min(budget);
     idx.truncated |= len > take;
-    if take > 0 {
-        let entries: Vec<String> = redis::cmd(range_cmd)
-            .arg(key)
-            .arg(0)
-            .arg(take as i64 - 1)
-            .query_async(conn)
-            .await?;
-        for e in &entries {
-            idx.add_text(e, false);
-        }
+    if take == 0 {
+        return Ok(Vec::new());
     }
-    Ok(take)
+    redis::cmd(range_cmd)
+        .arg(key)
+        .arg(0)
+        .arg(take as i64 - 1)
+        .query_async(conn)
+        .await
+}
+
+/// Add the first `budget` entries of a list or sorted set to the index as
+/// queued jobs. Returns how many were read.
+pub(crate) async fn scan_queued(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    cmds: (&str, &str),
+    budget: u64,
+    idx: &mut PresenceIndex,
+) -> redis::RedisResult<u64> {
+    let entries = read_bounded(conn, key, cmds, budget, idx).await?;
+    for e in &entries {
+        idx.add_text(e, false);
+    }
+    Ok(entries.len() as u64)
 }
 
 impl PresenceIndex {

@@ -254,31 +254,24 @@ impl Rq {
         ];
         let mut ids: Vec<(String, bool)> = Vec::new();
         for (key, len_cmd, range_cmd, running) in sources {
-            let len: u64 = redis::cmd(len_cmd)
-                .arg(&key)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(super::redis_err(&self.name, "reading the queue"))?;
-            let take = len.min(budget);
-            idx.truncated |= len > take;
-            if take > 0 {
-                let got: Vec<String> = redis::cmd(range_cmd)
-                    .arg(&key)
-                    .arg(0)
-                    .arg(take as i64 - 1)
-                    .query_async(&mut self.conn)
-                    .await
-                    .map_err(super::redis_err(&self.name, "reading the queue"))?;
-                for e in got {
-                    // `wip` entries: `<id>:<execution id>` (RQ 2+).
-                    let id = match (running, e.split_once(':')) {
-                        (true, Some((id, _))) => id.to_string(),
-                        _ => e,
-                    };
-                    ids.push((id, running));
-                }
+            let got = super::presence::read_bounded(
+                &mut self.conn,
+                &key,
+                (len_cmd, range_cmd),
+                budget,
+                &mut idx,
+            )
+            .await
+            .map_err(super::redis_err(&self.name, "reading the queue"))?;
+            budget -= got.len() as u64;
+            for e in got {
+                // `wip` entries: `<id>:<execution id>` (RQ 2+).
+                let id = match (running, e.split_once(':')) {
+                    (true, Some((id, _))) => id.to_string(),
+                    _ => e,
+                };
+                ids.push((id, running));
             }
-            budget -= take;
         }
         for chunk in ids.chunks(500) {
             let mut pipe = redis::pipe();
