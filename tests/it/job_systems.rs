@@ -127,6 +127,20 @@ fn python(code: &str, env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// A config whose queue `resque` is a Celery queue on Redis (key prefix
+/// `<ns>:`, `extra` options) and whose job is `probe.notify(user_id, id=id)`
+/// on `<ns>_mail`.
+fn celery_on_redis(b: &Backend, dir: &Path, ns: &str, extra: &str) -> PathBuf {
+    with_queue(
+        &config(b, dir, "unused", 5),
+        &format!(
+            "  resque:\n    kind: celery\n    broker: \"{}\"\n    global_keyprefix: \"{ns}:\"\n    presence_check: true\n{extra}",
+            redis_url()
+        ),
+        &format!("job: {{queue: {ns}_mail, class: probe.notify, args: [user_id], kwargs: {{id: id}}}}"),
+    )
+}
+
 async fn llen(r: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
     redis::cmd("LLEN").arg(key).query_async(r).await.unwrap()
 }
@@ -139,20 +153,7 @@ async fn a_celery_worker_on_redis_runs_every_task_sweeper_requeued() {
     let prefix = format!("{ns}:");
     let queue = format!("{ns}_mail");
     let mut r = redis().await;
-    let cfg = with_queue(
-        &config(&b, dir.path(), "unused", 5),
-        &format!(
-            "  celery:\n    kind: celery\n    broker: \"{}\"\n    global_keyprefix: \"{prefix}\"\n    priority: 6\n    presence_check: true\n",
-            redis_url()
-        ),
-        &format!("job: {{queue: {queue}, class: probe.notify, args: [user_id], kwargs: {{id: id}}}}"),
-    );
-    let cfg = {
-        let t = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("queue: resque", "queue: celery");
-        write(dir.path(), "celery.yaml", &t)
-    };
+    let cfg = celery_on_redis(&b, dir.path(), &ns, "    priority: 6\n");
 
     // check reaches the broker; explain shows the message as the worker
     // will receive it.
@@ -209,14 +210,7 @@ async fn a_task_celery_itself_enqueued_is_held_as_still_queued() {
     let prefix = format!("{ns}:");
     let queue = format!("{ns}_mail");
     let mut r = redis().await;
-    let cfg = with_queue(
-        &config(&b, dir.path(), "unused", 5),
-        &format!(
-            "  resque:\n    kind: celery\n    broker: \"{}\"\n    global_keyprefix: \"{prefix}\"\n    presence_check: true\n",
-            redis_url()
-        ),
-        &format!("job: {{queue: {queue}, class: probe.notify, args: [user_id], kwargs: {{id: id}}}}"),
-    );
+    let cfg = celery_on_redis(&b, dir.path(), &ns, "");
     // The app's own Celery client sends row 2's task.
     let broker = redis_url();
     python(
