@@ -22,7 +22,8 @@
 //!   point in time closed after. A line's reference: index and `_id`.
 //!
 //! Politeness (rate limit, timeouts, retries, 429 waits, a per-pass circuit
-//! breaker) is the provider client's. Any failure fails the whole source
+//! breaker) is the provider client's; Loki batches run `concurrency` at a
+//! time, Elasticsearch pages its point in time one request at a time. Any failure fails the whole source
 //! for the pass: a partial search proves nothing about absence.
 
 use super::provider::{Auth, Client};
@@ -308,17 +309,26 @@ async fn search(
             tenant,
             max_range,
         } => {
+            let step = chrono::TimeDelta::from_std(*max_range).unwrap_or(chrono::TimeDelta::MAX);
+            let all = batches(terms, cfg.max_query_bytes);
+            let per_batch =
+                super::provider::bounded(&all, cfg.concurrency as usize, |batch| async move {
+                    let query = loki_query(selector, batch);
+                    let mut out = Vec::new();
+                    let mut from = since;
+                    while from < now {
+                        let to = (from + step).min(now);
+                        out.extend(
+                            loki_range(client, cfg, tenant.as_deref(), &query, from, to).await?,
+                        );
+                        from = to;
+                    }
+                    Ok::<_, String>(out)
+                })
+                .await;
             let mut out = Vec::new();
-            for batch in batches(terms, cfg.max_query_bytes) {
-                let query = loki_query(selector, &batch);
-                let step =
-                    chrono::TimeDelta::from_std(*max_range).unwrap_or(chrono::TimeDelta::MAX);
-                let mut from = since;
-                while from < now {
-                    let to = (from + step).min(now);
-                    out.extend(loki_range(client, cfg, tenant.as_deref(), &query, from, to).await?);
-                    from = to;
-                }
+            for r in per_batch {
+                out.extend(r?);
             }
             Ok(out)
         }

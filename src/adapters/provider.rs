@@ -260,7 +260,7 @@ impl Client {
 }
 
 /// Run `f` over `items`, at most `n` at a time, keeping order.
-async fn bounded<'a, T, F, Fut, R>(items: &'a [T], n: usize, f: F) -> Vec<R>
+pub(crate) async fn bounded<'a, T, F, Fut, R>(items: &'a [T], n: usize, f: F) -> Vec<R>
 where
     F: Fn(&'a T) -> Fut,
     Fut: std::future::Future<Output = R>,

@@ -395,6 +395,9 @@ pub struct StoreConfig {
     pub auth: Option<StoreAuth>,
     /// Requests per second, at most.
     pub rate_limit: f64,
+    /// Loki queries in flight, at most (Elasticsearch pages one point in
+    /// time, one request at a time).
+    pub concurrency: u32,
     pub timeout: Duration,
     pub retries: u32,
     /// How long the store keeps lines (`None`: unknown).

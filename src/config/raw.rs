@@ -311,6 +311,8 @@ pub struct RawStore {
     pub page_size: Option<usize>,
     #[serde(default)]
     pub max_query_bytes: Option<usize>,
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

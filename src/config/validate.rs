@@ -1053,6 +1053,10 @@ fn store_source(p: &mut Problems, path: &str, kind: &str, raw: RawStore) -> Opti
     if page_size == 0 {
         p.push(sub("page_size"), "must be at least 1");
     }
+    let concurrency = raw.concurrency.unwrap_or(2);
+    if concurrency == 0 {
+        p.push(sub("concurrency"), "must be at least 1");
+    }
     let max_query_bytes = raw.max_query_bytes.unwrap_or(4096);
     if max_query_bytes < 256 {
         p.push(sub("max_query_bytes"), "must be at least 256");
@@ -1079,6 +1083,7 @@ fn store_source(p: &mut Problems, path: &str, kind: &str, raw: RawStore) -> Opti
         base_url: raw.url.trim_end_matches('/').to_string(),
         auth,
         rate_limit: raw.rate_limit.unwrap_or(10.0),
+        concurrency,
         timeout: timeout?,
         retries: raw.retries.unwrap_or(3),
         retention,
