@@ -48,7 +48,7 @@ sweeps:
             .values()
             .filter_map(|e| match &e.kind {
                 EvidenceKind::Log(l) => Some(l.clone()),
-                EvidenceKind::Provider(_) => None,
+                EvidenceKind::Provider(_) | EvidenceKind::Store(_) => None,
             })
             .collect()
     })
