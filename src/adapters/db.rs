@@ -1,5 +1,5 @@
-//! Database adapter: Postgres and SQLite through sqlx's `Any` driver, with
-//! dialect-specific SQL built here.
+//! Database adapter: Postgres, MySQL/MariaDB and SQLite through sqlx's
+//! `Any` driver, with dialect-specific SQL built here.
 //!
 //! Owns: SQL text (every identifier comes validated from config and is
 //! quoted; every value is bound or a validated literal), keyset pagination,
@@ -10,6 +10,11 @@
 //! Time: the database's clock is the pass clock. `now()` reads it once per
 //! pass; cutoffs are computed from that reading and bound as epoch seconds,
 //! so SQL and the decision core agree exactly on who is stale.
+//!
+//! MySQL: sqlx's `Any` driver decodes only integers, doubles and strings
+//! from MySQL, so every selected value is cast to one of those here
+//! (`CAST(… AS CHAR)`, `UNIX_TIMESTAMP(…) + 0e0`); each session's
+//! `time_zone` is the configured zone, in which `DATETIME` columns are read.
 
 use crate::config::{DatabaseConfig, Dialect, Ident, StateValue, SweepConfig};
 use crate::core::evidence::timestamp::epoch_seconds;
@@ -42,7 +47,7 @@ pub enum DbError {
         column: String,
         columns: String,
     },
-    #[error("database {db}: timestamp column {table}.{column} has type {ty}; expected timestamptz, timestamp or an integer of unix seconds")]
+    #[error("database {db}: timestamp column {table}.{column} has type {ty}; expected timestamptz, timestamp (Postgres), DATETIME, TIMESTAMP (MySQL) or a number of unix seconds")]
     TimestampType {
         db: String,
         table: String,
@@ -68,6 +73,7 @@ pub struct Db {
     ledger: Ident,
     url: String,
     connect_timeout: std::time::Duration,
+    timezone: String,
 }
 
 /// How the timestamp column stores time.
@@ -75,8 +81,11 @@ pub struct Db {
 pub enum TsKind {
     /// Postgres `timestamptz`.
     Tz,
-    /// Postgres `timestamp` (read as UTC).
+    /// Postgres `timestamp` (read in the configured zone).
     Naive,
+    /// MySQL `DATETIME` or `TIMESTAMP` (`UNIX_TIMESTAMP` in the session's
+    /// zone, which is the configured one).
+    MysqlTime,
     /// An integer or float of unix seconds.
     Epoch,
     /// SQLite: text, integer or real, decided per value.
@@ -93,6 +102,10 @@ pub struct SweepTable {
     key: String,
     /// Postgres type of the key column, for casts of bound text.
     key_type: String,
+    /// MySQL: the key column is an integer (bound and compared as one).
+    key_is_int: bool,
+    /// The zone naive timestamps are read in (Postgres `timestamp`).
+    timezone: String,
     state: String,
     ts: String,
     ts_kind: TsKind,
@@ -150,6 +163,12 @@ pub enum LockGuard {
         conn: Option<sqlx::AnyConnection>,
         key: i64,
     },
+    /// MySQL: a named `GET_LOCK` lock held by its own connection; the
+    /// server releases it when that connection ends.
+    Mysql {
+        conn: Option<sqlx::AnyConnection>,
+        name: String,
+    },
     File(std::fs::File),
     /// An in-memory SQLite database: nothing to share.
     None,
@@ -157,17 +176,54 @@ pub enum LockGuard {
 
 impl LockGuard {
     pub async fn release(self) {
-        if let LockGuard::Postgres {
-            conn: Some(mut conn),
-            key,
-        } = self
-        {
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(key)
-                .execute(&mut conn)
-                .await;
-            let _ = sqlx::Connection::close(conn).await;
+        match self {
+            LockGuard::Postgres {
+                conn: Some(mut conn),
+                key,
+            } => {
+                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(key)
+                    .execute(&mut conn)
+                    .await;
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            LockGuard::Mysql {
+                conn: Some(mut conn),
+                name,
+            } => {
+                let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+                    .bind(name)
+                    .execute(&mut conn)
+                    .await;
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            _ => {}
         }
+    }
+
+    /// Whether the lock is still held: a session lock lives exactly as
+    /// long as its connection, so a connection that no longer answers
+    /// means the lock may already be another instance's. Checked between
+    /// pages; file locks cannot be lost.
+    pub async fn still_held(&mut self) -> bool {
+        let conn = match self {
+            LockGuard::Postgres { conn, .. } | LockGuard::Mysql { conn, .. } => conn,
+            LockGuard::File(_) | LockGuard::None => return true,
+        };
+        let Some(c) = conn.as_mut() else {
+            return false;
+        };
+        let ok = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sqlx::query("SELECT 1").execute(&mut *c),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !ok {
+            // Never use it again: a reconnect would not hold the lock.
+            *conn = None;
+        }
+        ok
     }
 }
 
@@ -187,6 +243,50 @@ fn ph(dialect: Dialect, n: usize) -> String {
     match dialect {
         Dialect::Postgres => format!("${n}"),
         Dialect::Sqlite => format!("?{n}"),
+        // MySQL placeholders are positional: every statement here binds in
+        // the order its placeholders appear.
+        Dialect::Mysql => "?".into(),
+    }
+}
+
+/// sqlx's MySQL URL for a configured one (`mariadb://` is accepted as a
+/// spelling of `mysql://`).
+fn driver_url(url: &str, dialect: Dialect) -> String {
+    match (dialect, url.get(..10)) {
+        (Dialect::Mysql, Some(p)) if p.eq_ignore_ascii_case("mariadb://") => {
+            format!("mysql://{}", &url[10..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The MySQL session `time_zone` for a configured zone.
+fn mysql_zone(tz: &str) -> String {
+    if tz == "UTC" {
+        "+00:00".into()
+    } else {
+        tz.to_string()
+    }
+}
+
+/// A Postgres zone expression for `AT TIME ZONE`: offsets as intervals
+/// (a string offset would be read with POSIX's inverted sign).
+fn pg_zone(tz: &str) -> String {
+    if tz.starts_with(['+', '-']) {
+        format!("INTERVAL '{tz}'")
+    } else {
+        format!("'{tz}'")
+    }
+}
+
+/// A text column; MySQL returns long text (`TEXT`, `JSON_ARRAY`) as a blob.
+fn opt_text(r: &AnyRow, i: usize) -> Result<Option<String>, sqlx::Error> {
+    match r.try_get::<Option<String>, _>(i) {
+        Ok(v) => Ok(v),
+        Err(e) => match r.try_get::<Option<Vec<u8>>, _>(i) {
+            Ok(v) => Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned())),
+            Err(_) => Err(e),
+        },
     }
 }
 
@@ -204,10 +304,21 @@ fn lock_key(name: &str) -> i64 {
 impl Db {
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(cfg.max_connections)
-            .acquire_timeout(cfg.connect_timeout)
-            .connect(&cfg.url)
+            .acquire_timeout(cfg.connect_timeout);
+        if cfg.dialect == Dialect::Mysql {
+            let set = format!("SET time_zone = '{}'", mysql_zone(&cfg.timezone));
+            options = options.after_connect(move |conn, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    sqlx::query(&set).execute(conn).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options
+            .connect(&driver_url(&cfg.url, cfg.dialect))
             .await
             .map_err(|source| DbError::Connect {
                 db: cfg.name.clone(),
@@ -219,8 +330,9 @@ impl Db {
             dialect: cfg.dialect,
             pool,
             ledger: cfg.ledger_table.clone(),
-            url: cfg.url.clone(),
+            url: driver_url(&cfg.url, cfg.dialect),
             connect_timeout: cfg.connect_timeout,
+            timezone: cfg.timezone.clone(),
         })
     }
 
@@ -242,6 +354,7 @@ impl Db {
         let sql = match self.dialect {
             Dialect::Postgres => "SELECT extract(epoch from now())::float8",
             Dialect::Sqlite => "SELECT (julianday('now') - 2440587.5) * 86400.0",
+            Dialect::Mysql => "SELECT UNIX_TIMESTAMP(NOW(6)) + 0e0",
         };
         let secs: f64 = sqlx::query_scalar(sql)
             .fetch_one(&self.pool)
@@ -270,14 +383,25 @@ impl Db {
                     .fetch_all(&self.pool)
                     .await
             }
+            Dialect::Mysql => {
+                sqlx::query(&format!(
+                    "SELECT CAST(column_name AS CHAR(255)), CAST(column_type AS CHAR(255)) \
+                     FROM information_schema.columns WHERE table_schema = {} \
+                     AND table_name = ? ORDER BY ordinal_position",
+                    mysql_schema(table)
+                ))
+                .bind(table.name().to_string())
+                .fetch_all(&self.pool)
+                .await
+            }
         }
         .map_err(self.err(format!("describing table {table}")))?;
         let cols: Vec<(String, String)> = rows
             .iter()
             .map(|r| {
                 Ok((
-                    r.try_get::<String, _>(0)?,
-                    r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                    opt_text(r, 0)?.unwrap_or_default(),
+                    opt_text(r, 1)?.unwrap_or_default(),
                 ))
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -319,8 +443,35 @@ impl Db {
         for c in &sweep.lookup_columns {
             type_of(c)?;
         }
+        let numeric = |t: &str, names: &[&str]| names.iter().any(|n| t.starts_with(n));
         let ts_kind = match self.dialect {
             Dialect::Sqlite => TsKind::SqliteAny,
+            Dialect::Mysql => {
+                let t = ts_type.to_ascii_lowercase();
+                if t.starts_with("datetime") || t.starts_with("timestamp") {
+                    TsKind::MysqlTime
+                } else if numeric(
+                    &t,
+                    &[
+                        "bigint",
+                        "int",
+                        "mediumint",
+                        "smallint",
+                        "double",
+                        "float",
+                        "decimal",
+                    ],
+                ) {
+                    TsKind::Epoch
+                } else {
+                    return Err(DbError::TimestampType {
+                        db: self.name.clone(),
+                        table: sweep.table.to_string(),
+                        column: sweep.timestamp_column.to_string(),
+                        ty: ts_type,
+                    });
+                }
+            }
             Dialect::Postgres => {
                 let t = ts_type.to_ascii_lowercase();
                 if t.starts_with("timestamp")
@@ -352,21 +503,32 @@ impl Db {
                 }
             }
         };
+        let d = self.dialect;
+        let kt = key_type.to_ascii_lowercase();
         Ok(SweepTable {
             sweep: sweep.name.clone(),
-            dialect: self.dialect,
-            table: sweep.table.quoted(),
-            key: sweep.key.quoted(),
+            dialect: d,
+            table: sweep.table.quoted_in(d),
+            key: sweep.key.quoted_in(d),
+            key_is_int: d == Dialect::Mysql
+                && ["int", "bigint", "smallint", "mediumint", "tinyint"]
+                    .iter()
+                    .any(|n| kt.starts_with(n)),
             key_type,
-            state: sweep.state_column.quoted(),
-            ts: sweep.timestamp_column.quoted(),
+            timezone: self.timezone.clone(),
+            state: sweep.state_column.quoted_in(d),
+            ts: sweep.timestamp_column.quoted_in(d),
             ts_kind,
             args: sweep
                 .job
                 .iter()
-                .flat_map(|j| j.args.iter().map(Ident::quoted))
+                .flat_map(|j| j.args.iter().map(|c| c.quoted_in(d)))
                 .collect(),
-            lookups: sweep.lookup_columns.iter().map(Ident::quoted).collect(),
+            lookups: sweep
+                .lookup_columns
+                .iter()
+                .map(|c| c.quoted_in(d))
+                .collect(),
             pending: sweep.states.pending.clone(),
             sending: sweep.states.sending.clone(),
             error: sweep.states.error.clone(),
@@ -382,9 +544,9 @@ impl Db {
             s = t.text(&t.state),
             table = t.table,
             state = t.state,
-            p = t.pending.sql_literal(),
-            g = t.sending.sql_literal(),
-            e = t.error.sql_literal(),
+            p = t.pending.sql_literal_in(t.dialect),
+            g = t.sending.sql_literal_in(t.dialect),
+            e = t.error.sql_literal_in(t.dialect),
         );
         let rows = sqlx::query(&sql)
             .fetch_all(&self.pool)
@@ -392,7 +554,7 @@ impl Db {
             .map_err(self.err(format!("counting rows of {}", t.table)))?;
         let mut c = StateCounts::default();
         for r in rows {
-            let state: Option<String> = r.try_get(0).map_err(self.err("counting rows"))?;
+            let state: Option<String> = opt_text(&r, 0).map_err(self.err("counting rows"))?;
             let n: i64 = r.try_get(1).map_err(self.err("counting rows"))?;
             let n = n.max(0) as u64;
             let state = state.unwrap_or_default();
@@ -529,12 +691,14 @@ impl Db {
             t.key,
             t.key_param(1)
         );
-        // SQLite compares an INTEGER key with a bound integer; other keys as text.
+        // SQLite compares an INTEGER key with a bound integer, and MySQL an
+        // integer key column; other keys as text.
         let probe = StuckRow {
             key: key.to_string(),
             key_int: match t.dialect {
                 Dialect::Sqlite => key.parse().ok(),
-                Dialect::Postgres => None,
+                Dialect::Mysql if t.key_is_int => key.parse().ok(),
+                Dialect::Mysql | Dialect::Postgres => None,
             },
             state: RowState::Pending,
             updated_at: Timestamp::default(),
@@ -547,7 +711,7 @@ impl Db {
             .fetch_optional(&self.pool)
             .await
             .map_err(self.err(format!("reading row {key} of {}", t.table)))?;
-        if found.is_none() && probe.key_int.is_some() {
+        if found.is_none() && probe.key_int.is_some() && t.dialect == Dialect::Sqlite {
             found = sqlx::query(&sql)
                 .bind(key.to_string())
                 .fetch_optional(&self.pool)
@@ -556,7 +720,7 @@ impl Db {
         }
         let Some(r) = found else { return Ok(None) };
         let decode = || -> Result<(String, StuckRow), sqlx::Error> {
-            let state: Option<String> = r.try_get(5 + t.lookups.len())?;
+            let state: Option<String> = opt_text(&r, 5 + t.lookups.len())?;
             let state = state.unwrap_or_default();
             let rs = if state == t.sending.to_string() {
                 RowState::Sending
@@ -632,8 +796,8 @@ impl Db {
             .iter()
             .map(|r| {
                 Ok((
-                    r.try_get(0)?,
-                    r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                    opt_text(r, 0)?.unwrap_or_default(),
+                    opt_text(r, 1)?.unwrap_or_default(),
                 ))
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -671,6 +835,45 @@ impl Db {
         let mut changed: std::collections::HashSet<String> = std::collections::HashSet::new();
         for ((from, to), rows) in &groups {
             for chunk in rows.chunks(GUARDED_CHUNK) {
+                if t.dialect == Dialect::Mysql {
+                    // No `UPDATE … RETURNING`: lock the rows that still
+                    // match what was read, then update exactly those (the
+                    // same predicate, re-asserted; the locks keep it true).
+                    let (select, update) = t.mysql_guarded(*from, *to, chunk.len());
+                    let mut q = sqlx::query(&select).persistent(false);
+                    for r in chunk {
+                        q = t.bind_key(q, r);
+                    }
+                    for r in chunk {
+                        q = t.bind_key(q, r).bind(r.version.clone());
+                    }
+                    let keys = q.fetch_all(&mut *tx).await.map_err(self.err(format!(
+                        "locking {} row(s) of {}",
+                        chunk.len(),
+                        t.table
+                    )))?;
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    let mut u = sqlx::query(&update).persistent(false);
+                    for r in chunk {
+                        u = t.bind_key(u, r);
+                    }
+                    for r in chunk {
+                        u = t.bind_key(u, r).bind(r.version.clone());
+                    }
+                    u.execute(&mut *tx).await.map_err(self.err(format!(
+                        "updating {} row(s) of {}",
+                        chunk.len(),
+                        t.table
+                    )))?;
+                    for k in keys {
+                        let key = opt_text(&k, 0)
+                            .map_err(self.err(format!("updating rows of {}", t.table)))?;
+                        changed.insert(key.unwrap_or_default());
+                    }
+                    continue;
+                }
                 let sql = t.guarded_update(*from, *to, chunk.len());
                 let mut q = sqlx::query(&sql).persistent(false);
                 for r in chunk {
@@ -711,26 +914,22 @@ impl Db {
             .fetch_one(&self.pool)
             .await
             .map(|n| n > 0),
+            Dialect::Mysql => sqlx::query_scalar::<_, i64>(&format!(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_schema = {} AND table_name = ?",
+                mysql_schema(&self.ledger)
+            ))
+            .bind(self.ledger.name().to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map(|n| n > 0),
         };
         exists.map_err(self.err("looking for the ledger table"))
     }
 
     /// Create the ledger table if it does not exist. Times are unix seconds.
     pub async fn ensure_ledger(&self) -> Result<(), DbError> {
-        let real = match self.dialect {
-            Dialect::Postgres => "double precision",
-            Dialect::Sqlite => "REAL",
-        };
-        let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {l} (\
-             sweep TEXT NOT NULL, \
-             row_key TEXT NOT NULL, \
-             row_version TEXT NOT NULL, \
-             attempts BIGINT NOT NULL, \
-             last_requeued_at {real} NOT NULL, \
-             PRIMARY KEY (sweep, row_key))",
-            l = self.ledger.quoted(),
-        );
+        let sql = ledger_ddl(&self.ledger, self.dialect);
         sqlx::query(&sql)
             .execute(&self.pool)
             .await
@@ -754,7 +953,7 @@ impl Db {
             let sql = format!(
                 "SELECT row_key, row_version, attempts, last_requeued_at FROM {l} \
                  WHERE sweep = {p1} AND row_key IN ({params})",
-                l = self.ledger.quoted(),
+                l = self.ledger.quoted_in(self.dialect),
                 p1 = ph(self.dialect, 1),
                 params = params.join(", "),
             );
@@ -773,8 +972,8 @@ impl Db {
                 .map_err(self.err("reading the ledger"))?;
             for r in rows {
                 let decode = |r: &AnyRow| -> Result<(String, LedgerEntry), sqlx::Error> {
-                    let key: String = r.try_get(0)?;
-                    let version: String = r.try_get(1)?;
+                    let key = opt_text(r, 0)?.unwrap_or_default();
+                    let version = opt_text(r, 1)?.unwrap_or_default();
                     let attempts: i64 = r.try_get(2)?;
                     let at: f64 = r.try_get(3)?;
                     Ok((
@@ -803,7 +1002,7 @@ impl Db {
         for chunk in entries.chunks(500) {
             let mut sql = format!(
                 "INSERT INTO {} (sweep, row_key, row_version, attempts, last_requeued_at) VALUES ",
-                self.ledger.quoted()
+                self.ledger.quoted_in(self.dialect)
             );
             let mut n = 0;
             for i in 0..chunk.len() {
@@ -814,10 +1013,16 @@ impl Db {
                 n += 5;
                 let _ = write!(sql, "({})", ps.join(", "));
             }
-            sql.push_str(
-                " ON CONFLICT (sweep, row_key) DO UPDATE SET row_version = excluded.row_version, \
-                 attempts = excluded.attempts, last_requeued_at = excluded.last_requeued_at",
-            );
+            sql.push_str(match self.dialect {
+                Dialect::Mysql => {
+                    " ON DUPLICATE KEY UPDATE row_version = VALUES(row_version), \
+                     attempts = VALUES(attempts), last_requeued_at = VALUES(last_requeued_at)"
+                }
+                Dialect::Postgres | Dialect::Sqlite => {
+                    " ON CONFLICT (sweep, row_key) DO UPDATE SET row_version = excluded.row_version, \
+                     attempts = excluded.attempts, last_requeued_at = excluded.last_requeued_at"
+                }
+            });
             let mut q = sqlx::query(&sql);
             for (key, version, attempts) in chunk {
                 q = q
@@ -838,7 +1043,7 @@ impl Db {
     pub async fn ledger_prune(&self, sweep: &str, before: Timestamp) -> Result<u64, DbError> {
         let sql = format!(
             "DELETE FROM {} WHERE sweep = {} AND last_requeued_at < {}",
-            self.ledger.quoted(),
+            self.ledger.quoted_in(self.dialect),
             ph(self.dialect, 1),
             ph(self.dialect, 2)
         );
@@ -851,9 +1056,10 @@ impl Db {
         Ok(res.rows_affected())
     }
 
-    /// Take the sweep's lock: a session advisory lock in Postgres, keyed
-    /// by sweep name and table (`None` when another instance holds it).
-    /// SQLite is single-host: no lock.
+    /// Take the sweep's lock, keyed by sweep name and table (`None` when
+    /// another instance holds it): a session advisory lock in Postgres, a
+    /// `GET_LOCK` named lock in MySQL, each on a connection of its own; a
+    /// lock file next to a SQLite database.
     pub async fn try_lock(&self, t: &SweepTable) -> Result<Option<LockGuard>, DbError> {
         let name = format!("{}:{}", t.sweep, t.table);
         match self.dialect {
@@ -881,6 +1087,26 @@ impl Db {
                     Ok(()) => Ok(Some(LockGuard::File(f))),
                     Err(std::fs::TryLockError::WouldBlock) => Ok(None),
                     Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+                }
+            }
+            Dialect::Mysql => {
+                use sqlx::Connection as _;
+                // Lock names are at most 64 characters: a stable hash.
+                let lock_name = format!("sweeper:{:016x}", lock_key(&name) as u64);
+                let mut conn = self.lock_connection().await?;
+                let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, 0) AS SIGNED)")
+                    .bind(lock_name.clone())
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(self.err("taking the sweep lock"))?;
+                if got == Some(1) {
+                    Ok(Some(LockGuard::Mysql {
+                        conn: Some(conn),
+                        name: lock_name,
+                    }))
+                } else {
+                    let _ = conn.close().await;
+                    Ok(None)
                 }
             }
             Dialect::Postgres => {
@@ -915,6 +1141,22 @@ impl Db {
         }
     }
 
+    /// A connection outside the pool, for a session lock.
+    async fn lock_connection(&self) -> Result<sqlx::AnyConnection, DbError> {
+        use sqlx::Connection as _;
+        tokio::time::timeout(
+            self.connect_timeout,
+            sqlx::AnyConnection::connect(&self.url),
+        )
+        .await
+        .map_err(|_| DbError::Query {
+            db: self.name.clone(),
+            context: "taking the sweep lock".into(),
+            source: sqlx::Error::PoolTimedOut,
+        })?
+        .map_err(self.err("taking the sweep lock"))
+    }
+
     /// Whether the key column is a primary key or has a single-column
     /// unique index (keyset pages and guarded writes assume it is).
     pub async fn key_is_unique(&self, table: &Ident, key: &Ident) -> Result<bool, DbError> {
@@ -939,6 +1181,19 @@ impl Db {
                    AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1 \
                    AND (SELECT name FROM pragma_index_info(il.name)) = ?2)",
             )
+            .bind(table.name().to_string())
+            .bind(key.name().to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map(|n| n != 0),
+            Dialect::Mysql => sqlx::query_scalar::<_, i64>(&format!(
+                "SELECT count(*) FROM information_schema.statistics s \
+                 WHERE s.table_schema = {schema} AND s.table_name = ? AND s.non_unique = 0 \
+                 AND s.column_name = ? AND (SELECT count(*) FROM information_schema.statistics o \
+                   WHERE o.table_schema = s.table_schema AND o.table_name = s.table_name \
+                   AND o.index_name = s.index_name) = 1",
+                schema = mysql_schema(table)
+            ))
             .bind(table.name().to_string())
             .bind(key.name().to_string())
             .fetch_one(&self.pool)
@@ -998,10 +1253,10 @@ pub fn index_ddl(
     let name = format!("{}_sweeper_idx", table.name());
     let cols = format!(
         "{} ({}, {}, {})",
-        table.quoted(),
-        state.quoted(),
-        key.quoted(),
-        ts.quoted(),
+        table.quoted_in(dialect),
+        state.quoted_in(dialect),
+        key.quoted_in(dialect),
+        ts.quoted_in(dialect),
     );
     match dialect {
         Dialect::Postgres if !states.is_empty() => {
@@ -1019,6 +1274,41 @@ pub fn index_ddl(
         // SQLite cannot prove `state = 'pending'` implies an IN-list
         // partial index, so the index covers every state.
         Dialect::Sqlite => format!("CREATE INDEX {name} ON {cols};"),
+        // No partial indexes in MySQL; built online (reads and writes go on).
+        Dialect::Mysql => format!("CREATE INDEX {name} ON {cols} ALGORITHM=INPLACE LOCK=NONE;"),
+    }
+}
+
+/// The ledger table's DDL. MySQL cannot index `TEXT`: the key columns are
+/// `VARCHAR(191)` (191 four-byte characters fit InnoDB's key length).
+pub fn ledger_ddl(ledger: &Ident, dialect: Dialect) -> String {
+    let (text_key, real) = match dialect {
+        Dialect::Postgres => ("TEXT", "double precision"),
+        Dialect::Sqlite => ("TEXT", "REAL"),
+        Dialect::Mysql => ("VARCHAR(191)", "DOUBLE"),
+    };
+    let version = match dialect {
+        Dialect::Mysql => "VARCHAR(255)",
+        Dialect::Postgres | Dialect::Sqlite => "TEXT",
+    };
+    format!(
+        "CREATE TABLE IF NOT EXISTS {l} (\
+         sweep {text_key} NOT NULL, \
+         row_key {text_key} NOT NULL, \
+         row_version {version} NOT NULL, \
+         attempts BIGINT NOT NULL, \
+         last_requeued_at {real} NOT NULL, \
+         PRIMARY KEY (sweep, row_key))",
+        l = ledger.quoted_in(dialect),
+    )
+}
+
+/// A MySQL table's schema as SQL: its own, or the connection's database.
+fn mysql_schema(table: &Ident) -> String {
+    match table.schema() {
+        // Identifiers are validated: letters, digits and underscores.
+        Some(s) => format!("'{s}'"),
+        None => "DATABASE()".into(),
     }
 }
 
@@ -1031,11 +1321,11 @@ fn epoch_of(t: Timestamp) -> f64 {
 }
 
 fn row_from(r: &AnyRow, state: RowState, lookups: usize) -> Result<StuckRow, sqlx::Error> {
-    let key: String = r.try_get(0)?;
+    let key = opt_text(r, 0)?.unwrap_or_default();
     let key_int: Option<i64> = r.try_get(1)?;
-    let version: Option<String> = r.try_get(2)?;
+    let version = opt_text(r, 2)?;
     let epoch: Option<f64> = r.try_get(3)?;
-    let args_text: Option<String> = r.try_get(4)?;
+    let args_text = opt_text(r, 4)?;
     let args = match args_text
         .as_deref()
         .map(serde_json::from_str::<serde_json::Value>)
@@ -1045,7 +1335,7 @@ fn row_from(r: &AnyRow, state: RowState, lookups: usize) -> Result<StuckRow, sql
     };
     let mut lk = Vec::with_capacity(lookups);
     for i in 0..lookups {
-        lk.push(r.try_get::<Option<String>, _>(5 + i)?);
+        lk.push(opt_text(r, 5 + i)?);
     }
     Ok(StuckRow {
         key,
@@ -1090,7 +1380,7 @@ impl SweepTable {
             Target::Sent => &self.sent,
             Target::Error => &self.error,
         }
-        .sql_literal();
+        .sql_literal_in(self.dialect);
         let from = self.literal(from);
         match self.dialect {
             Dialect::Postgres => {
@@ -1116,6 +1406,7 @@ impl SweepTable {
                     rkey = self.text(&format!("sweeper_t.{}", self.key)),
                 )
             }
+            Dialect::Mysql => unreachable!("MySQL uses mysql_guarded"),
             Dialect::Sqlite => {
                 let values: Vec<String> = (0..n)
                     .map(|i| {
@@ -1140,6 +1431,38 @@ impl SweepTable {
         }
     }
 
+    /// MySQL's guarded change of `n` rows: a `SELECT … FOR UPDATE` of the
+    /// keys still matching what was read, then the `UPDATE` with the same
+    /// predicate. Each binds the `n` keys, then `n` (key, version) pairs.
+    fn mysql_guarded(&self, from: RowState, to: Target, n: usize) -> (String, String) {
+        let to = match to {
+            Target::Pending => &self.pending,
+            Target::Sent => &self.sent,
+            Target::Error => &self.error,
+        }
+        .sql_literal_in(self.dialect);
+        let keys = vec!["?"; n].join(", ");
+        let pairs = vec!["(?, ?)"; n].join(", ");
+        let predicate = format!(
+            "{key} IN ({keys}) AND {state} = {from} AND ({key}, {ver}) IN ({pairs})",
+            key = self.key,
+            state = self.state,
+            from = self.literal(from),
+            ver = self.text(&self.ts),
+        );
+        (
+            format!(
+                "SELECT {} FROM {} WHERE {predicate} FOR UPDATE",
+                self.text(&self.key),
+                self.table
+            ),
+            format!(
+                "UPDATE {} SET {} = {to} WHERE {predicate}",
+                self.table, self.state
+            ),
+        )
+    }
+
     /// The same table, selecting no job arguments (for reads that only
     /// need keys, times and lookup values).
     pub fn without_args(&self) -> SweepTable {
@@ -1154,12 +1477,15 @@ impl SweepTable {
         match self.dialect {
             Dialect::Postgres => format!("{col}::text"),
             Dialect::Sqlite => format!("CAST({col} AS TEXT)"),
+            Dialect::Mysql => format!("CAST({col} AS CHAR)"),
         }
     }
 
     fn key_int(&self) -> String {
         match self.dialect {
             Dialect::Postgres => "NULL::int8".into(),
+            Dialect::Mysql if self.key_is_int => format!("CAST({} AS SIGNED)", self.key),
+            Dialect::Mysql => "CAST(NULL AS SIGNED)".into(),
             Dialect::Sqlite => format!(
                 "(CASE WHEN typeof({k}) = 'integer' THEN {k} END)",
                 k = self.key
@@ -1171,21 +1497,22 @@ impl SweepTable {
     fn key_param(&self, n: usize) -> String {
         match self.dialect {
             Dialect::Postgres => format!("CAST({} AS {})", ph(self.dialect, n), self.key_type),
-            Dialect::Sqlite => ph(self.dialect, n),
+            Dialect::Sqlite | Dialect::Mysql => ph(self.dialect, n),
         }
     }
 
     fn bind_key<'q>(&self, q: AnyQuery<'q>, row: &StuckRow) -> AnyQuery<'q> {
         match (self.dialect, row.key_int) {
             (Dialect::Sqlite, Some(i)) => q.bind(i),
+            (Dialect::Mysql, Some(i)) if self.key_is_int => q.bind(i),
             _ => q.bind(row.key.clone()),
         }
     }
 
     fn literal(&self, state: RowState) -> String {
         match state {
-            RowState::Pending => self.pending.sql_literal(),
-            RowState::Sending => self.sending.sql_literal(),
+            RowState::Pending => self.pending.sql_literal_in(self.dialect),
+            RowState::Sending => self.sending.sql_literal_in(self.dialect),
         }
     }
 
@@ -1193,7 +1520,13 @@ impl SweepTable {
     fn epoch(&self) -> String {
         let ts = &self.ts;
         match self.ts_kind {
-            TsKind::Tz | TsKind::Naive => format!("extract(epoch from {ts})::float8"),
+            TsKind::Tz => format!("extract(epoch from {ts})::float8"),
+            TsKind::Naive => format!(
+                "extract(epoch from ({ts} AT TIME ZONE {}))::float8",
+                pg_zone(&self.timezone)
+            ),
+            TsKind::MysqlTime => format!("(UNIX_TIMESTAMP({ts}) + 0e0)"),
+            TsKind::Epoch if self.dialect == Dialect::Mysql => format!("({ts} + 0e0)"),
             TsKind::Epoch => format!("{ts}::float8"),
             TsKind::SqliteAny => format!(
                 "(CASE typeof({ts}) WHEN 'integer' THEN {ts} * 1.0 WHEN 'real' THEN {ts} \
@@ -1209,7 +1542,11 @@ impl SweepTable {
         let p = ph(self.dialect, n);
         match self.ts_kind {
             TsKind::Tz => format!("{ts} < to_timestamp({p})"),
-            TsKind::Naive => format!("{ts} < (to_timestamp({p}) AT TIME ZONE 'UTC')"),
+            TsKind::Naive => format!(
+                "{ts} < (to_timestamp({p}) AT TIME ZONE {})",
+                pg_zone(&self.timezone)
+            ),
+            TsKind::MysqlTime => format!("{ts} < FROM_UNIXTIME({p})"),
             TsKind::Epoch => format!("{ts} < {p}"),
             TsKind::SqliteAny => format!("{} < {p}", self.epoch()),
         }
@@ -1223,6 +1560,7 @@ impl SweepTable {
         match self.dialect {
             Dialect::Postgres => format!("json_build_array({})::text", self.args.join(", ")),
             Dialect::Sqlite => format!("json_array({})", self.args.join(", ")),
+            Dialect::Mysql => format!("JSON_ARRAY({})", self.args.join(", ")),
         }
     }
 }

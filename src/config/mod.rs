@@ -47,6 +47,8 @@ impl Config {
 pub enum Dialect {
     Postgres,
     Sqlite,
+    /// MySQL or MariaDB (`mysql://` or `mariadb://`).
+    Mysql,
 }
 
 impl Dialect {
@@ -54,6 +56,7 @@ impl Dialect {
         match self {
             Dialect::Postgres => "postgres",
             Dialect::Sqlite => "sqlite",
+            Dialect::Mysql => "mysql",
         }
     }
 }
@@ -67,6 +70,10 @@ pub struct DatabaseConfig {
     pub ledger_table: Ident,
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// The zone naive timestamp columns (Postgres `timestamp`, MySQL
+    /// `DATETIME`) are read in: `UTC`, an offset such as `+02:00`, or a
+    /// zone name the database knows.
+    pub timezone: String,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -621,6 +628,19 @@ impl Ident {
         })
     }
 
+    /// Quoted for `dialect`: backticks in MySQL, double quotes elsewhere.
+    pub fn quoted_in(&self, dialect: Dialect) -> String {
+        match dialect {
+            Dialect::Mysql => self
+                .parts
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join("."),
+            Dialect::Postgres | Dialect::Sqlite => self.quoted(),
+        }
+    }
+
     /// Double-quoted for SQL (valid in Postgres, SQLite and ANSI MySQL).
     pub fn quoted(&self) -> String {
         self.parts
@@ -660,6 +680,17 @@ impl StateValue {
         match self {
             StateValue::Int(i) => i.to_string(),
             StateValue::Str(s) => format!("'{}'", s.replace('\'', "''")),
+        }
+    }
+
+    /// As a SQL literal for `dialect`: MySQL also reads backslash escapes
+    /// in strings, so backslashes are doubled there.
+    pub fn sql_literal_in(&self, dialect: Dialect) -> String {
+        match (self, dialect) {
+            (StateValue::Str(s), Dialect::Mysql) => {
+                format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+            }
+            _ => self.sql_literal(),
         }
     }
 }

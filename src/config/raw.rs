@@ -45,6 +45,9 @@ pub struct RawDatabase {
     pub max_connections: Option<u32>,
     #[serde(default)]
     pub connect_timeout: Option<String>,
+    /// Zone of naive timestamp columns (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

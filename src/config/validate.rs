@@ -246,7 +246,12 @@ fn database(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<Data
         raw.connect_timeout.as_ref(),
         Duration::from_secs(10),
     );
+    let timezone = p.check(
+        &yaml::join(path, "timezone"),
+        timezone(raw.timezone.as_deref().unwrap_or("UTC")),
+    );
     Some(DatabaseConfig {
+        timezone: timezone?,
         name: name.to_string(),
         url: raw.url,
         dialect: dialect?,
@@ -267,11 +272,40 @@ fn dialect_of(url: &str) -> Result<Dialect, String> {
     } else if lower.starts_with("sqlite:") {
         Ok(Dialect::Sqlite)
     } else if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
-        Err("MySQL/MariaDB databases are not supported yet (postgres:// and sqlite: are)".into())
+        Ok(Dialect::Mysql)
     } else {
         Err(format!(
-            "unsupported database url {:?}: expected postgres://, postgresql:// or sqlite:",
+            "unsupported database url {:?}: expected postgres://, postgresql://, mysql://, mariadb:// or sqlite:",
             redact_url(url)
+        ))
+    }
+}
+
+/// A zone for naive timestamps: `UTC`, an offset `+HH:MM`/`-HH:MM`, or a
+/// zone name (letters, digits, `/`, `_`, `+`, `-`; the database checks it
+/// exists when sweeper connects).
+fn timezone(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    let offset = b.len() == 6
+        && (b[0] == b'+' || b[0] == b'-')
+        && b[3] == b':'
+        && [1, 2, 4, 5].iter().all(|i| b[*i].is_ascii_digit());
+    let hours_ok = !offset || s[1..3].parse::<u32>().is_ok_and(|h| h <= 14);
+    let name = !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+    if (offset && hours_ok) || name {
+        Ok(if s.eq_ignore_ascii_case("utc") {
+            "UTC".into()
+        } else {
+            s.to_string()
+        })
+    } else {
+        Err(format!(
+            "invalid timezone {s:?}: expected UTC, an offset such as +02:00, or a zone name such as Europe/Berlin"
         ))
     }
 }

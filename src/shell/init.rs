@@ -12,6 +12,10 @@ use anyhow::Context as _;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
+/// `init` reads Postgres and SQLite catalogs only.
+const NO_MYSQL: &str = "sweeper init cannot read MySQL/MariaDB schemas yet: write the sweep by \
+     hand (see config/example.yaml), then `sweeper check` verifies its table, columns and index";
+
 /// Rows looked at per column when sampling state values.
 const SAMPLE: u32 = 100_000;
 
@@ -28,6 +32,7 @@ fn text(dialect: Dialect, col: &str) -> String {
     match dialect {
         Dialect::Postgres => format!("{col}::text"),
         Dialect::Sqlite => format!("CAST({col} AS TEXT)"),
+        Dialect::Mysql => format!("CAST({col} AS CHAR)"),
     }
 }
 
@@ -52,6 +57,7 @@ async fn tables(pool: &AnyPool, dialect: Dialect) -> anyhow::Result<Vec<String>>
             .fetch_all(pool)
             .await
         }
+        Dialect::Mysql => anyhow::bail!(NO_MYSQL),
     }
     .context("listing tables")?;
     rows.iter()
@@ -62,6 +68,7 @@ async fn tables(pool: &AnyPool, dialect: Dialect) -> anyhow::Result<Vec<String>>
 async fn describe(pool: &AnyPool, dialect: Dialect, name: &str) -> anyhow::Result<Table> {
     let ctx = || format!("describing {name}");
     let (columns, primary_key) = match dialect {
+        Dialect::Mysql => anyhow::bail!(NO_MYSQL),
         Dialect::Postgres => {
             let cols = sqlx::query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
@@ -193,6 +200,7 @@ async fn facts(
         }
         (propose::Pick::Todo(_), Dialect::Postgres) => "NULL::float8".into(),
         (propose::Pick::Todo(_), Dialect::Sqlite) => "NULL".into(),
+        (_, Dialect::Mysql) => anyhow::bail!(NO_MYSQL),
     };
     let sql = format!(
         "SELECT {} AS v, count(*), {epoch} FROM {} GROUP BY 1 ORDER BY 2 DESC LIMIT 40",
@@ -254,6 +262,7 @@ async fn index_on_state(
     state: &str,
 ) -> anyhow::Result<bool> {
     let defs: Vec<String> = match dialect {
+        Dialect::Mysql => anyhow::bail!(NO_MYSQL),
         Dialect::Postgres => sqlx::query(
             "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = to_regclass($1)",
         )
@@ -295,10 +304,7 @@ pub async fn run(url: &str, only: &[String]) -> anyhow::Result<u8> {
     } else if url.starts_with("sqlite:") {
         Dialect::Sqlite
     } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-        anyhow::bail!(
-            "MySQL/MariaDB databases are not supported yet: {}",
-            redact_url(url)
-        );
+        anyhow::bail!("{NO_MYSQL} ({})", redact_url(url));
     } else {
         anyhow::bail!(
             "unsupported database URL {} (expected postgres://… or sqlite:…)",

@@ -1,5 +1,6 @@
-//! End-to-end sweeps against real Postgres and SQLite tables, a real Redis
-//! and a real node-resque worker: the foundation's acceptance.
+//! End-to-end sweeps against real Postgres, MariaDB and SQLite tables, a
+//! real Redis and a real node-resque worker: the foundation's acceptance,
+//! one test body per behaviour run against each database.
 
 use crate::support::*;
 use serde_json::{json, Value};
@@ -12,6 +13,16 @@ pub enum Ts {
     PgNaive,
     SqliteText,
     SqliteInt,
+    /// MariaDB, `DATETIME(6)` (naive, read as UTC).
+    MyDatetime,
+    /// MariaDB, `TIMESTAMP(6)`.
+    MyTimestamp,
+}
+
+impl Ts {
+    pub fn mysql(self) -> bool {
+        matches!(self, Ts::MyDatetime | Ts::MyTimestamp)
+    }
 }
 
 pub struct Backend {
@@ -43,12 +54,23 @@ impl Backend {
         sqlx::any::install_default_drivers();
         let url = match ts {
             Ts::PgTz | Ts::PgNaive => pg_url(),
+            Ts::MyDatetime | Ts::MyTimestamp => my_url(),
             Ts::SqliteText | Ts::SqliteInt => {
                 format!("sqlite://{}?mode=rwc", dir.join("app.db").display())
             }
         };
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(2)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if ts.mysql() {
+                        sqlx::query("SET time_zone = '+00:00'")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await
             .unwrap_or_else(|e| panic!("database required at {url}: {e}"));
@@ -64,10 +86,14 @@ impl Backend {
             Ts::PgNaive => "timestamp",
             Ts::SqliteText => "TEXT",
             Ts::SqliteInt => "INTEGER",
+            Ts::MyDatetime => "DATETIME(6)",
+            Ts::MyTimestamp => "TIMESTAMP(6)",
         };
+        // MySQL cannot index TEXT and reads it back as a blob: VARCHAR.
+        let text = if ts.mysql() { "VARCHAR(255)" } else { "TEXT" };
         b.exec(&format!(
-            "CREATE TABLE {} (id BIGINT PRIMARY KEY, user_id BIGINT, notification_state TEXT NOT NULL, \
-             updated_at {ts_type} NOT NULL, message_id TEXT)",
+            "CREATE TABLE {} (id BIGINT PRIMARY KEY, user_id BIGINT, notification_state {text} NOT NULL, \
+             updated_at {ts_type} NOT NULL, message_id {text})",
             b.table
         ))
         .await;
@@ -90,6 +116,10 @@ impl Backend {
             Ts::PgNaive => format!("(now() AT TIME ZONE 'UTC') - interval '{mins} minutes'"),
             Ts::SqliteText => format!("datetime('now', '-{mins} minutes')"),
             Ts::SqliteInt => format!("CAST(strftime('%s','now') AS INTEGER) - {}", mins * 60),
+            // The test pool's session zone is UTC (see `new`).
+            Ts::MyDatetime | Ts::MyTimestamp => {
+                format!("UTC_TIMESTAMP(6) - INTERVAL {mins} MINUTE")
+            }
         }
     }
 
@@ -104,15 +134,26 @@ impl Backend {
     pub async fn snapshot(&self) -> Vec<String> {
         let cast = |c: &str| match self.ts {
             Ts::PgTz | Ts::PgNaive => format!("{c}::text"),
+            Ts::MyDatetime | Ts::MyTimestamp => format!("CAST({c} AS CHAR)"),
             _ => format!("CAST({c} AS TEXT)"),
         };
-        let sql = format!(
+        let sql = if self.ts.mysql() {
+            format!(
+                "SELECT CAST(CONCAT({}, '|', COALESCE({}, ''), '|', notification_state, '|', {}, '|', COALESCE(message_id, '')) AS CHAR(1000)) FROM {} ORDER BY id",
+                cast("id"),
+                cast("user_id"),
+                cast("updated_at"),
+                self.table
+            )
+        } else {
+            format!(
             "SELECT {} || '|' || COALESCE({}, '') || '|' || notification_state || '|' || {} || '|' || COALESCE(message_id, '') FROM {} ORDER BY id",
             cast("id"),
             cast("user_id"),
             cast("updated_at"),
             self.table
-        );
+        )
+        };
         sqlx::query(&sql)
             .fetch_all(&self.pool)
             .await
@@ -124,7 +165,12 @@ impl Backend {
 
     pub async fn state(&self, id: i64) -> String {
         sqlx::query(&format!(
-            "SELECT notification_state FROM {} WHERE id = {id}",
+            "SELECT {} FROM {} WHERE id = {id}",
+            if self.ts.mysql() {
+                "CAST(notification_state AS CHAR(255))"
+            } else {
+                "notification_state"
+            },
             self.table
         ))
         .fetch_one(&self.pool)
@@ -137,6 +183,10 @@ impl Backend {
         let sql = match self.ts {
             Ts::PgTz | Ts::PgNaive => format!(
                 "SELECT CAST(count(*) AS BIGINT) FROM pg_tables WHERE tablename = '{}'",
+                self.ledger
+            ),
+            Ts::MyDatetime | Ts::MyTimestamp => format!(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '{}'",
                 self.ledger
             ),
             _ => format!(
@@ -377,6 +427,11 @@ async fn sqlite_requeues_exactly_the_stale_pending_rows() {
     requeues_exactly_the_stale_pending_rows(Ts::SqliteText).await;
 }
 
+#[tokio::test]
+async fn mariadb_requeues_exactly_the_stale_pending_rows() {
+    requeues_exactly_the_stale_pending_rows(Ts::MyDatetime).await;
+}
+
 /// Naive Postgres timestamps (read as UTC) and SQLite integer timestamps
 /// find the same stale rows.
 async fn finds_the_same_stale_rows(ts: Ts) {
@@ -424,14 +479,18 @@ async fn sqlite_integer_timestamps_are_unix_seconds() {
     finds_the_same_stale_rows(Ts::SqliteInt).await;
 }
 
+#[tokio::test]
+async fn mariadb_timestamp_columns_find_the_same_stale_rows() {
+    finds_the_same_stale_rows(Ts::MyTimestamp).await;
+}
+
 /// Guarded writes: a row that moved between read and write is counted as
 /// already moved and never overwritten.
-#[tokio::test]
-async fn a_row_that_moved_since_it_was_read_is_not_overwritten() {
+async fn a_row_that_moved_since_it_was_read_is_not_overwritten(ts: Ts) {
     use sweeper::adapters::db::{Db, Target, Transition};
     use sweeper::core::model::RowState;
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
     let cfg_path = config(&b, dir.path(), "unused", 5);
     let cfg = sweeper::config::load(&cfg_path).unwrap();
     let sweep = cfg.sweep("notifications").unwrap();
@@ -457,8 +516,13 @@ async fn a_row_that_moved_since_it_was_read_is_not_overwritten() {
     ))
     .await;
     b.exec(&format!(
-        "UPDATE {} SET updated_at = updated_at + interval '1 second' WHERE id = 6",
-        b.table
+        "UPDATE {} SET updated_at = updated_at + {} WHERE id = 6",
+        b.table,
+        if ts.mysql() {
+            "INTERVAL 1 SECOND"
+        } else {
+            "interval '1 second'"
+        }
     ))
     .await;
     let changes: Vec<Transition<'_>> = rows
@@ -499,6 +563,16 @@ async fn a_row_that_moved_since_it_was_read_is_not_overwritten() {
     );
     db.close().await;
     b.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_postgres_row_that_moved_since_it_was_read_is_not_overwritten() {
+    a_row_that_moved_since_it_was_read_is_not_overwritten(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn a_mariadb_row_that_moved_since_it_was_read_is_not_overwritten() {
+    a_row_that_moved_since_it_was_read_is_not_overwritten(Ts::MyDatetime).await;
 }
 
 /// A column the config names but the table lacks is named, with the
@@ -646,6 +720,11 @@ async fn a_second_instance_skips_a_locked_sqlite_sweep() {
     a_second_instance_skips_a_locked_sweep(Ts::SqliteText).await;
 }
 
+#[tokio::test]
+async fn a_second_instance_skips_a_locked_mariadb_sweep() {
+    a_second_instance_skips_a_locked_sweep(Ts::MyDatetime).await;
+}
+
 /// `check` reaches everything the config names, prints the index to
 /// create, and warns when the key is not unique.
 #[tokio::test]
@@ -703,7 +782,7 @@ async fn check_reaches_everything_and_warns_about_non_unique_keys() {
 async fn keyset_pages_return_every_stale_row_once() {
     use sweeper::adapters::db::Db;
     use sweeper::core::model::RowState;
-    for ts in [Ts::PgTz, Ts::SqliteText] {
+    for ts in [Ts::PgTz, Ts::SqliteText, Ts::MyDatetime] {
         let dir = tempfile::tempdir().unwrap();
         let b = Backend::new(ts, dir.path()).await;
         b.exec(&format!("DELETE FROM {}", b.table)).await;
