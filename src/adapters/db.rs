@@ -309,6 +309,35 @@ impl Db {
             .acquire_timeout(cfg.connect_timeout);
         if cfg.dialect == Dialect::Mysql {
             let set = format!("SET time_zone = '{}'", mysql_zone(&cfg.timezone));
+            // Try the zone once on a connection of its own: a pool would
+            // retry a failing `after_connect` until its timeout and then
+            // report only that it timed out.
+            let connect_err = |source| DbError::Connect {
+                db: cfg.name.clone(),
+                url: cfg.redacted_url(),
+                source,
+            };
+            let mut probe = tokio::time::timeout(
+                cfg.connect_timeout,
+                <sqlx::AnyConnection as sqlx::Connection>::connect(&driver_url(
+                    &cfg.url,
+                    cfg.dialect,
+                )),
+            )
+            .await
+            .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
+            .map_err(connect_err)?;
+            let set_zone = sqlx::query(&set).execute(&mut probe).await;
+            let _ = sqlx::Connection::close(probe).await;
+            set_zone.map_err(|source| DbError::Query {
+                db: cfg.name.clone(),
+                context: format!(
+                    "setting the session time zone to {:?} (timezone: named zones need \
+                     MySQL's time zone tables; offsets such as +02:00 always work)",
+                    cfg.timezone
+                ),
+                source,
+            })?;
             options = options.after_connect(move |conn, _| {
                 let set = set.clone();
                 Box::pin(async move {
@@ -1061,7 +1090,7 @@ impl Db {
     /// `GET_LOCK` named lock in MySQL, each on a connection of its own; a
     /// lock file next to a SQLite database.
     pub async fn try_lock(&self, t: &SweepTable) -> Result<Option<LockGuard>, DbError> {
-        let name = format!("{}:{}", t.sweep, t.table);
+        let name = lock_subject(t);
         match self.dialect {
             Dialect::Sqlite => {
                 let Some(db) = sqlite_path(&self.url) else {
@@ -1091,8 +1120,7 @@ impl Db {
             }
             Dialect::Mysql => {
                 use sqlx::Connection as _;
-                // Lock names are at most 64 characters: a stable hash.
-                let lock_name = format!("sweeper:{:016x}", lock_key(&name) as u64);
+                let lock_name = mysql_lock_name(t);
                 let mut conn = self.lock_connection().await?;
                 let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, 0) AS SIGNED)")
                     .bind(lock_name.clone())
@@ -1301,6 +1329,24 @@ pub fn ledger_ddl(ledger: &Ident, dialect: Dialect) -> String {
          PRIMARY KEY (sweep, row_key))",
         l = ledger.quoted_in(dialect),
     )
+}
+
+/// What a sweep's lock is keyed by: the sweep and its table.
+fn lock_subject(t: &SweepTable) -> String {
+    format!("{}:{}", t.sweep, t.table)
+}
+
+/// The key of a sweep's Postgres advisory lock (for operators looking at
+/// `pg_locks`, and tests).
+pub fn advisory_lock_key(t: &SweepTable) -> i64 {
+    lock_key(&lock_subject(t))
+}
+
+/// The name of a sweep's MySQL `GET_LOCK` lock (`IS_USED_LOCK(name)`
+/// names the connection holding it). Names are at most 64 characters:
+/// a stable hash.
+pub fn mysql_lock_name(t: &SweepTable) -> String {
+    format!("sweeper:{:016x}", lock_key(&lock_subject(t)) as u64)
 }
 
 /// A MySQL table's schema as SQL: its own, or the connection's database.

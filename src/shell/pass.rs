@@ -423,6 +423,8 @@ enum Fault {
     Source(String),
     #[error("no pending job configured")]
     NoJob,
+    #[error("the connection holding this sweep's lock was lost; the pass stopped before its next page (another instance may hold the lock now)")]
+    LockLost,
     #[error("queue {queue}: {message}")]
     Rejected { queue: String, message: String },
     /// A row's values cannot become the job (ActiveJob could not carry them).
@@ -1193,7 +1195,7 @@ async fn walk_sweep(
         sweep,
         report,
         started,
-        lock,
+        mut lock,
         ready,
     } = o;
     let mut run = SweepRun {
@@ -1293,6 +1295,7 @@ async fn walk_sweep(
                     &mut run,
                     lookups,
                     sources,
+                    lock.as_mut(),
                 )
                 .await
             };
@@ -1420,6 +1423,7 @@ async fn walk_pages(
     run: &mut SweepRun,
     lookups: &mut BTreeMap<(String, &'static str), u64>,
     sources: &mut BTreeMap<String, Option<String>>,
+    mut lock: Option<&mut LockGuard>,
 ) -> bool {
     let Walk {
         sweep, ready, opts, ..
@@ -1472,6 +1476,17 @@ async fn walk_pages(
         };
         if page.len() >= page_size {
             next = page.last().map(|(r, _)| fetch(Some(r.clone())));
+        }
+        // A session lock lives as long as its connection: acting on a page
+        // after losing it could race the instance that took over.
+        if let Some(l) = lock.as_deref_mut() {
+            if !l.still_held().await {
+                if let Some(n) = next.take() {
+                    n.abort();
+                }
+                note(&mut run.report.errors, Stage::Lock, &Fault::LockLost);
+                return false;
+            }
         }
         let page: Vec<(StuckRow, Option<LedgerEntry>)> = page
             .into_iter()

@@ -1,8 +1,9 @@
-//! Two `sweeper run` instances on one config and one Postgres: while one
-//! holds a sweep's lock the other only counts skipped passes
-//! (`sweeper_lock_skipped_total`); when the one acting is killed with
-//! SIGKILL mid-pass, Postgres ends its session, the lock is released, and
-//! the other acts within one `every` (plus the pass itself) — each row once.
+//! Two `sweeper run` instances on one config and one database (Postgres,
+//! then MariaDB): while one holds a sweep's lock the other only counts
+//! skipped passes (`sweeper_lock_skipped_total`); when the one acting is
+//! killed with SIGKILL mid-pass, the database ends its session (Postgres'
+//! advisory lock, MariaDB's `GET_LOCK`), the lock is released, and the
+//! other acts within one `every` (plus the pass itself) — each row once.
 
 use crate::daemon::{canon, free_port, get, parse_metrics, spawn_with};
 use crate::sql_sweeps::{config, Backend, Ts};
@@ -55,9 +56,18 @@ fn metric(port: u16, series: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_acting_instance_is_killed_the_other_takes_over_and_acts_once() {
+async fn when_the_acting_instance_is_killed_the_other_takes_over_and_acts_once_on_postgres() {
+    takeover(Ts::PgTz).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_acting_instance_is_killed_the_other_takes_over_and_acts_once_on_mariadb() {
+    takeover(Ts::MyDatetime).await;
+}
+
+async fn takeover(ts: Ts) {
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
     let ns = unique("failover");
     let hang = Arc::new(AtomicBool::new(true));
     let asked = Arc::new(AtomicUsize::new(0));
@@ -117,18 +127,17 @@ async fn when_the_acting_instance_is_killed_the_other_takes_over_and_acts_once()
         assert!(took < Duration::from_secs(30), "B did not take over");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("B requeued the stale pending rows {took:?} after A was killed");
+    eprintln!("{ts:?}: B requeued the stale pending rows {took:?} after A was killed");
     // One `every` (1 s, +10% jitter) plus the pass: well within 5 s here.
     assert!(took < Duration::from_secs(5), "took {took:?}");
     // B settled the sending rows too; each pending row was pushed once.
-    let pg = pg().await;
     let wait_sent = Instant::now();
     loop {
         let sent: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM {} WHERE notification_state = 'sent' AND id IN (5, 6, 7)",
             b.table
         ))
-        .fetch_one(&pg)
+        .fetch_one(&b.pool)
         .await
         .unwrap();
         if sent == 3 {
@@ -146,7 +155,7 @@ async fn when_the_acting_instance_is_killed_the_other_takes_over_and_acts_once()
         "SELECT attempts FROM {} WHERE sweep = 'notifications' ORDER BY row_key",
         b.ledger
     ))
-    .fetch_all(&pg)
+    .fetch_all(&b.pool)
     .await
     .unwrap();
     assert_eq!(attempts, [1, 1, 1], "one requeue each in the ledger");

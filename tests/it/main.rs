@@ -14,6 +14,7 @@ mod init;
 mod job_systems;
 mod journal;
 mod log_stores;
+mod mariadb;
 mod ops;
 mod outages;
 mod providers;
