@@ -3,7 +3,7 @@
 //!
 //! Owns: SQL text (every identifier comes validated from config and is
 //! quoted; every value is bound or a validated literal), keyset pagination,
-//! guarded writes, the ledger table, advisory locks.
+//! guarded writes, the ledger and audit history tables, advisory locks.
 //! Does not own: deciding anything. It returns rows and counts and executes
 //! the writes it is given, reporting rows that moved on as `false`.
 //!
@@ -18,7 +18,7 @@
 
 use crate::config::{DatabaseConfig, Dialect, Ident, StateValue, SweepConfig};
 use crate::core::evidence::timestamp::epoch_seconds;
-use crate::core::model::{LedgerEntry, RowState, StuckRow, Timestamp};
+use crate::core::model::{HistoryEntry, LedgerEntry, RowState, StuckRow, Timestamp};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::collections::HashMap;
@@ -71,6 +71,7 @@ pub struct Db {
     pub dialect: Dialect,
     pool: AnyPool,
     ledger: Ident,
+    history: Ident,
     url: String,
     connect_timeout: std::time::Duration,
     timezone: String,
@@ -142,6 +143,8 @@ pub struct StaleSummary {
 pub struct Transition<'a> {
     pub row: &'a StuckRow,
     pub to: Target,
+    /// Written to the history in the update's transaction when it applies.
+    pub history: Option<&'a HistoryEntry>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -359,6 +362,7 @@ impl Db {
             dialect: cfg.dialect,
             pool,
             ledger: cfg.ledger_table.clone(),
+            history: cfg.history_table.clone(),
             url: driver_url(&cfg.url, cfg.dialect),
             connect_timeout: cfg.connect_timeout,
             timezone: cfg.timezone.clone(),
@@ -921,6 +925,18 @@ impl Db {
                 }
             }
         }
+        let applied: Vec<&HistoryEntry> = changes
+            .iter()
+            .filter(|c| changed.contains(&c.row.key))
+            .filter_map(|c| c.history)
+            .collect();
+        for chunk in applied.chunks(HISTORY_CHUNK) {
+            let sql = self.history_sql(chunk.len());
+            bind_history(sqlx::query(&sql).persistent(false), chunk)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("writing the history"))?;
+        }
         tx.commit().await.map_err(self.err("committing updates"))?;
         Ok(changes
             .iter()
@@ -968,6 +984,192 @@ impl Db {
 
     pub fn ledger_table(&self) -> &Ident {
         &self.ledger
+    }
+
+    /// Create the ledger and history tables if they do not exist. Two
+    /// instances may do this at once, and Postgres' `IF NOT EXISTS` is not
+    /// safe against that race: a failed attempt is retried once, when the
+    /// other's statements have made every one of them a no-op.
+    pub async fn ensure_tables(&self) -> Result<(), DbError> {
+        match self.try_ensure_tables().await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                self.try_ensure_tables().await
+            }
+        }
+    }
+
+    async fn try_ensure_tables(&self) -> Result<(), DbError> {
+        self.ensure_ledger().await?;
+        for sql in history_ddl(&self.history, self.dialect) {
+            sqlx::query(&sql)
+                .execute(&self.pool)
+                .await
+                .map_err(self.err(format!("creating the history table {}", self.history)))?;
+        }
+        Ok(())
+    }
+
+    pub fn history_table(&self) -> &Ident {
+        &self.history
+    }
+
+    pub async fn history_exists(&self) -> Result<bool, DbError> {
+        self.table_exists(&self.history)
+            .await
+            .map_err(self.err("looking for the history table"))
+    }
+
+    async fn table_exists(&self, t: &Ident) -> Result<bool, sqlx::Error> {
+        match self.dialect {
+            Dialect::Postgres => {
+                sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                    .bind(t.quoted())
+                    .fetch_one(&self.pool)
+                    .await
+            }
+            Dialect::Sqlite => sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            )
+            .bind(t.name().to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map(|n| n > 0),
+            Dialect::Mysql => sqlx::query_scalar::<_, i64>(&format!(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_schema = {} AND table_name = ?",
+                mysql_schema(t)
+            ))
+            .bind(t.name().to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map(|n| n > 0),
+        }
+    }
+
+    /// An `INSERT` of `n` history entries (see `bind_history`).
+    fn history_sql(&self, n: usize) -> String {
+        let mut sql = format!(
+            "INSERT INTO {} (at, sweep, row_key, from_state, to_state, queue, attempt, reason, \
+             evidence, pass_id, instance_id) VALUES ",
+            self.history.quoted_in(self.dialect)
+        );
+        for i in 0..n {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let ps: Vec<String> = (0..11).map(|j| ph(self.dialect, 11 * i + j + 1)).collect();
+            let _ = write!(sql, "({})", ps.join(", "));
+        }
+        sql
+    }
+
+    /// Record applied decisions made outside a guarded update (requeues,
+    /// right after the queue accepted them).
+    pub async fn history_put(&self, entries: &[HistoryEntry]) -> Result<(), DbError> {
+        let refs: Vec<&HistoryEntry> = entries.iter().collect();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.err("starting a transaction"))?;
+        for chunk in refs.chunks(HISTORY_CHUNK) {
+            let sql = self.history_sql(chunk.len());
+            bind_history(sqlx::query(&sql).persistent(false), chunk)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("writing the history"))?;
+        }
+        tx.commit().await.map_err(self.err("writing the history"))
+    }
+
+    /// Delete history entries older than `before`, a batch at a time (no
+    /// long lock on a big table). Returns how many went.
+    pub async fn history_prune(&self, before: Timestamp) -> Result<u64, DbError> {
+        let h = self.history.quoted_in(self.dialect);
+        let sql = match self.dialect {
+            Dialect::Mysql => format!("DELETE FROM {h} WHERE at < ? ORDER BY at LIMIT {PRUNE_BATCH}"),
+            Dialect::Postgres | Dialect::Sqlite => format!(
+                "DELETE FROM {h} WHERE id IN (SELECT id FROM {h} WHERE at < {} ORDER BY at LIMIT {PRUNE_BATCH})",
+                ph(self.dialect, 1)
+            ),
+        };
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(&sql)
+                .bind(epoch_of(before))
+                .execute(&self.pool)
+                .await
+                .map_err(self.err("pruning the history"))?
+                .rows_affected();
+            total += n;
+            if n < PRUNE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// History entries of `sweep` (one row's when `key` is given) since
+    /// `since`, oldest first, at most `limit` (the newest `limit`).
+    pub async fn history_list(
+        &self,
+        sweep: &str,
+        key: Option<&str>,
+        since: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, DbError> {
+        let mut sql = format!(
+            "SELECT at, sweep, row_key, from_state, to_state, queue, attempt, reason, evidence, \
+             pass_id, instance_id FROM {} WHERE sweep = {}",
+            self.history.quoted_in(self.dialect),
+            ph(self.dialect, 1)
+        );
+        let mut n = 1;
+        if key.is_some() {
+            n += 1;
+            let _ = write!(sql, " AND row_key = {}", ph(self.dialect, n));
+        }
+        if since.is_some() {
+            n += 1;
+            let _ = write!(sql, " AND at >= {}", ph(self.dialect, n));
+        }
+        let _ = write!(sql, " ORDER BY at DESC, id DESC LIMIT {limit}");
+        let mut q = sqlx::query(&sql).bind(sweep.to_string());
+        if let Some(k) = key {
+            q = q.bind(k.to_string());
+        }
+        if let Some(t) = since {
+            q = q.bind(epoch_of(t));
+        }
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err("reading the history"))?;
+        let decode = |r: &AnyRow| -> Result<HistoryEntry, sqlx::Error> {
+            let at: f64 = r.try_get(0)?;
+            let attempt: Option<i64> = r.try_get(6)?;
+            Ok(HistoryEntry {
+                at: epoch_seconds(at).unwrap_or_default(),
+                sweep: opt_text(r, 1)?.unwrap_or_default(),
+                key: opt_text(r, 2)?.unwrap_or_default(),
+                from_state: opt_text(r, 3)?.unwrap_or_default(),
+                to_state: opt_text(r, 4)?,
+                queue: opt_text(r, 5)?,
+                attempt: attempt.map(|a| u32::try_from(a.max(0)).unwrap_or(u32::MAX)),
+                reason: opt_text(r, 7)?.unwrap_or_default(),
+                evidence: opt_text(r, 8)?.unwrap_or_default(),
+                pass_id: opt_text(r, 9)?.unwrap_or_default(),
+                instance_id: opt_text(r, 10)?.unwrap_or_default(),
+            })
+        };
+        let mut out = rows
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("decoding the history"))?;
+        out.reverse();
+        Ok(out)
     }
 
     /// Ledger entries of `sweep` for `keys` (absent when the table is).
@@ -1349,6 +1551,75 @@ pub fn mysql_lock_name(t: &SweepTable) -> String {
     format!("sweeper:{:016x}", lock_key(&lock_subject(t)) as u64)
 }
 
+/// The audit history table's DDL (statements to run in order): one row per
+/// applied decision, indexed for one row's story and for pruning by age.
+pub fn history_ddl(history: &Ident, dialect: Dialect) -> Vec<String> {
+    let h = history.quoted_in(dialect);
+    let name = history.name();
+    let cols = "at {real} NOT NULL, sweep {key} NOT NULL, row_key {key} NOT NULL, \
+                from_state {short} NOT NULL, to_state {short}, queue {short}, attempt BIGINT, \
+                reason {short} NOT NULL, evidence {text} NOT NULL, pass_id {short} NOT NULL, \
+                instance_id {short} NOT NULL";
+    let typed = |id: &str, key: &str, short: &str, text: &str, real: &str| {
+        format!(
+            "{id}, {}",
+            cols.replace("{real}", real)
+                .replace("{key}", key)
+                .replace("{short}", short)
+                .replace("{text}", text)
+        )
+    };
+    match dialect {
+        Dialect::Postgres => vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {h} ({})",
+                typed(
+                    "id BIGSERIAL PRIMARY KEY",
+                    "TEXT",
+                    "TEXT",
+                    "TEXT",
+                    "double precision"
+                )
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {name}_row_idx ON {h} (sweep, row_key, at)"),
+            format!("CREATE INDEX IF NOT EXISTS {name}_at_idx ON {h} (at)"),
+        ],
+        Dialect::Sqlite => vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {h} ({})",
+                typed("id INTEGER PRIMARY KEY", "TEXT", "TEXT", "TEXT", "REAL")
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {name}_row_idx ON {} (sweep, row_key, at)",
+                history.name()
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {name}_at_idx ON {} (at)",
+                history.name()
+            ),
+        ],
+        Dialect::Mysql => vec![format!(
+            "CREATE TABLE IF NOT EXISTS {h} ({}, INDEX {name}_row_idx (sweep, row_key, at), \
+             INDEX {name}_at_idx (at))",
+            typed(
+                "id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
+                "VARCHAR(191)",
+                "VARCHAR(255)",
+                "TEXT",
+                "DOUBLE"
+            )
+        )],
+    }
+}
+
+/// Every statement `sweeper migrate` runs on a database, for DBAs who
+/// apply schema changes themselves (`migrate --print`).
+pub fn migration_ddl(ledger: &Ident, history: &Ident, dialect: Dialect) -> Vec<String> {
+    let mut out = vec![ledger_ddl(ledger, dialect)];
+    out.extend(history_ddl(history, dialect));
+    out
+}
+
 /// A MySQL table's schema as SQL: its own, or the connection's database.
 fn mysql_schema(table: &Ident) -> String {
     match table.schema() {
@@ -1357,6 +1628,31 @@ fn mysql_schema(table: &Ident) -> String {
         None => "DATABASE()".into(),
     }
 }
+
+/// Bind history entries in `history_sql`'s column order.
+fn bind_history<'q>(mut q: AnyQuery<'q>, entries: &[&HistoryEntry]) -> AnyQuery<'q> {
+    for e in entries {
+        q = q
+            .bind(epoch_of(e.at))
+            .bind(e.sweep.clone())
+            .bind(e.key.clone())
+            .bind(e.from_state.clone())
+            .bind(e.to_state.clone())
+            .bind(e.queue.clone())
+            .bind(e.attempt.map(i64::from))
+            .bind(e.reason.clone())
+            .bind(e.evidence.clone())
+            .bind(e.pass_id.clone())
+            .bind(e.instance_id.clone());
+    }
+    q
+}
+
+/// History entries per `INSERT` (11 bound values each).
+const HISTORY_CHUNK: usize = 500;
+
+/// History rows deleted per statement when pruning.
+const PRUNE_BATCH: u64 = 5000;
 
 /// Rows per guarded `UPDATE` statement (two bound values each; well
 /// under both Postgres' and SQLite's parameter limits).

@@ -35,6 +35,22 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     pub evidence: BTreeMap<String, EvidenceConfig>,
     pub sweeps: Vec<SweepConfig>,
+    pub history: HistoryConfig,
+}
+
+/// The audit history of applied decisions (one table per database).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Entries older than this are pruned (default 30 days).
+    pub retention: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            retention: Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 impl Config {
@@ -68,6 +84,7 @@ pub struct DatabaseConfig {
     pub url: String,
     pub dialect: Dialect,
     pub ledger_table: Ident,
+    pub history_table: Ident,
     pub max_connections: u32,
     pub connect_timeout: Duration,
     /// The zone naive timestamp columns (Postgres `timestamp`, MySQL

@@ -32,6 +32,17 @@ pub struct RawTop<N> {
     pub evidence: Option<BTreeMap<String, N>>,
     #[serde(default)]
     pub sweeps: Option<BTreeMap<String, N>>,
+    #[serde(default)]
+    pub history: Option<N>,
+}
+
+/// The audit history.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    /// How long entries are kept (default 30d).
+    #[serde(default)]
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +52,9 @@ pub struct RawDatabase {
     /// Sweeper's bookkeeping table in this database.
     #[serde(default)]
     pub ledger_table: Option<String>,
+    /// Sweeper's audit history table in this database.
+    #[serde(default)]
+    pub history_table: Option<String>,
     #[serde(default)]
     pub max_connections: Option<u32>,
     #[serde(default)]

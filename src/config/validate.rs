@@ -130,6 +130,18 @@ pub fn validate(
     };
     let queues = section(&mut p, top.queues, "queues", queue);
     let evidence = section(&mut p, top.evidence, "evidence", evidence_source);
+    let history = match top.history {
+        None => Some(HistoryConfig::default()),
+        Some(node) => p.decode::<RawHistory>(node, "history").and_then(|h| {
+            duration_or(
+                &mut p,
+                "history.retention",
+                h.retention.as_ref(),
+                HistoryConfig::default().retention,
+            )
+            .map(|retention| HistoryConfig { retention })
+        }),
+    };
     let mut sweeps = Vec::new();
     match top.sweeps {
         None => p.push(
@@ -161,6 +173,7 @@ pub fn validate(
         queues,
         evidence,
         sweeps,
+        history: history.expect("history validated"),
     })
 }
 
@@ -236,6 +249,13 @@ fn database(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<Data
             true,
         ),
     );
+    let history_table = p.check(
+        &yaml::join(path, "history_table"),
+        Ident::parse(
+            raw.history_table.as_deref().unwrap_or("sweeper_history"),
+            true,
+        ),
+    );
     let max_connections = raw.max_connections.unwrap_or(4);
     if max_connections == 0 {
         p.push(yaml::join(path, "max_connections"), "must be at least 1");
@@ -256,6 +276,7 @@ fn database(p: &mut Problems, path: &str, name: &str, node: Node) -> Option<Data
         url: raw.url,
         dialect: dialect?,
         ledger_table: ledger_table?,
+        history_table: history_table?,
         max_connections,
         connect_timeout: connect_timeout?,
     })

@@ -79,6 +79,37 @@ pub struct LedgerEntry {
     pub version: String,
 }
 
+/// One applied decision, as kept in the audit history table: who changed
+/// which row, when, from what to what, and on what evidence.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// When it was applied (the database clock of the pass).
+    #[serde(serialize_with = "rfc3339")]
+    pub at: Timestamp,
+    pub sweep: String,
+    pub key: String,
+    /// `pending` or `sending`.
+    pub from_state: String,
+    /// `sent` or `error` for a settled row; absent for a requeue.
+    pub to_state: Option<String>,
+    /// The queue entry a requeue was pushed to; absent otherwise.
+    pub queue: Option<String>,
+    /// The requeue's attempt number.
+    pub attempt: Option<u32>,
+    /// The decision's reason (as in reports and metrics).
+    pub reason: String,
+    /// Each evidence source's verdict with its references (file:line,
+    /// journal cursor, provider event…); empty when none was needed.
+    pub evidence: String,
+    /// The pass that applied it, and the sweeper process that ran the pass.
+    pub pass_id: String,
+    pub instance_id: String,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
 /// What an evidence source says about one lookup key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]

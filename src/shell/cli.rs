@@ -150,11 +150,50 @@ pub enum Command {
         #[arg(long = "table")]
         tables: Vec<String>,
     },
-    /// Create sweeper's ledger table in every configured database.
+    /// Create sweeper's ledger and audit history tables in every configured database.
     Migrate {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print the DDL (per database, in its dialect) instead of running it,
+        /// for DBAs who apply schema changes themselves.
+        #[arg(long)]
+        print: bool,
     },
+    /// List the audit history: every applied decision (requeue, mark sent,
+    /// mark error) with its reason, evidence, pass and instance.
+    #[command(
+        after_help = "Reads the history table sweeper writes in the sweep's database \
+                      (databases.<name>.history_table, default sweeper_history; kept for \
+                      history.retention, default 30d). Dry runs write nothing to it.\n\n\
+                      Example: sweeper history --sweep receipts --key 42 --since 2h"
+    )]
+    History {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The sweep whose history to list.
+        #[arg(long)]
+        sweep: String,
+        /// Only this row key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only entries newer than this (e.g. 90m, 1h, 2d), by the database clock.
+        #[arg(long, value_parser = parse_duration_arg)]
+        since: Option<std::time::Duration>,
+        /// At most this many entries (the newest), oldest first.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Text)]
+        format: HistoryFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum HistoryFormat {
+    /// One line per entry.
+    Text,
+    /// A JSON array of entries.
+    Json,
 }
 
 /// Parse arguments and run; returns the process exit code.
@@ -167,6 +206,8 @@ pub fn main() -> ExitCode {
             | Command::Demo { .. }
             | Command::Init { .. }
             | Command::Explain { .. }
+            | Command::History { .. }
+            | Command::Migrate { print: true, .. }
     );
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -280,12 +321,39 @@ async fn run(cli: Cli) -> u8 {
             };
             super::check::run(&cfg).await
         }
-        Command::Migrate { config } => {
+        Command::Migrate { config, print } => {
             let cfg = match load_config(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            migrate(&cfg).await
+            if print {
+                print!("{}", super::history::migration_script(&cfg));
+                Ok(EXIT_OK)
+            } else {
+                migrate(&cfg).await
+            }
+        }
+        Command::History {
+            config,
+            sweep,
+            key,
+            since,
+            limit,
+            format,
+        } => {
+            let cfg = match load_with_sweeps(&config.config, std::slice::from_ref(&sweep)) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            super::history::run(
+                &cfg,
+                &sweep,
+                key.as_deref(),
+                since,
+                limit,
+                format == HistoryFormat::Json,
+            )
+            .await
         }
     };
     match result {
@@ -352,10 +420,13 @@ async fn migrate(cfg: &Config) -> anyhow::Result<u8> {
         let db = crate::adapters::db::Db::connect(dcfg)
             .await
             .with_context(|| format!("migrating database {name}"))?;
-        db.ensure_ledger()
+        db.ensure_tables()
             .await
             .with_context(|| format!("migrating database {name}"))?;
-        println!("database {name}: ledger table {} ready", dcfg.ledger_table);
+        println!(
+            "database {name}: ledger table {} and history table {} ready",
+            dcfg.ledger_table, dcfg.history_table
+        );
         db.close().await;
     }
     Ok(EXIT_OK)

@@ -333,8 +333,48 @@ pub async fn explain_text(
     };
     let mut conns = Connections::new();
     let result = run_pass(cfg, &mut conns, &opts, chrono::Utc::now()).await;
+    let (mut text, ok) = render(cfg, s, key, &result);
+    if ok {
+        text.push_str(&history_text(cfg, &mut conns, s, key).await);
+    }
     conns.close().await;
-    Ok(render(cfg, s, key, &result))
+    Ok((text, ok))
+}
+
+/// The row's audit history (the newest `EXPLAIN_HISTORY` entries), as an
+/// indented section.
+async fn history_text(cfg: &Config, conns: &mut Connections, s: &SweepConfig, key: &str) -> String {
+    const EXPLAIN_HISTORY: u32 = 20;
+    let label = "  history     ";
+    let found = match conns.db(cfg, &s.database).await {
+        Ok(db) => match db.history_exists().await {
+            Ok(true) => db
+                .history_list(&s.name, Some(key), None, EXPLAIN_HISTORY)
+                .await
+                .map(Some),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(None) => format!("{label}none (no history table yet)\n"),
+        Ok(Some(entries)) if entries.is_empty() => {
+            format!("{label}none: sweeper has not changed this row\n")
+        }
+        Ok(Some(entries)) => {
+            let mut out = String::new();
+            for (i, line) in super::history::render_text(&entries).lines().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{}{line}",
+                    if i == 0 { label } else { "              " }
+                );
+            }
+            out
+        }
+        Err(e) => format!("{label}cannot be read: {e}\n"),
+    }
 }
 
 pub async fn run(cfg: &Config, sweep: &str, key: &str) -> anyhow::Result<u8> {

@@ -1,6 +1,6 @@
 //! The imperative shell: the pass (`pass`), the CLI (`cli`), the daemon
 //! (`daemon`, `schedule`, `metrics`, and its status pages: `status`,
-//! `web`), `check`, `explain`, `demo` and `init`. It wires config, adapters and the pure core together; it
+//! `web`), `check`, `explain`, `history`, `demo` and `init`. It wires config, adapters and the pure core together; it
 //! decides nothing itself.
 
 pub mod check;
@@ -8,6 +8,7 @@ pub mod cli;
 pub mod daemon;
 pub mod demo;
 pub mod explain;
+pub mod history;
 pub mod init;
 pub mod metrics;
 pub mod pass;

@@ -39,8 +39,8 @@ use crate::core::decide::{
 };
 use crate::core::evidence::{normalize_key, KeyFilter, LineRef, TraceStore};
 use crate::core::model::{
-    Action, Decision, LedgerEntry, Outcome, Presence, RowState, SourceVerdict, Stage, StuckRow,
-    Timestamp, Verdict,
+    Action, Decision, HistoryEntry, LedgerEntry, Outcome, Presence, RowState, SourceVerdict, Stage,
+    StuckRow, Timestamp, Verdict,
 };
 use crate::core::report::{
     Outcomes, PassError, PerState, Report, RowReport, SweepReport, Totals, SCHEMA_VERSION,
@@ -61,6 +61,9 @@ pub struct Connections {
     dbs: HashMap<String, Db>,
     queues: HashMap<String, QueueClient>,
     ledger_ready: HashSet<String>,
+    /// When each database's history was last pruned (at most every
+    /// `HISTORY_PRUNE_EVERY`).
+    history_pruned: HashMap<String, Instant>,
     /// The daemon's incremental log readers, by source name; shared with
     /// every `fork` of these connections.
     tailers: Arc<Mutex<HashMap<String, SharedTailer>>>,
@@ -98,6 +101,7 @@ impl Connections {
             dbs: self.dbs.clone(),
             queues: HashMap::new(),
             ledger_ready: self.ledger_ready.clone(),
+            history_pruned: HashMap::new(),
             tailers: self.tailers.clone(),
             memos: HashMap::new(),
         }
@@ -469,6 +473,41 @@ struct Ready {
     stale: PerState<StaleSummary>,
     /// In single-row mode (`opts.key`): the row's state text and the row.
     target: Option<(String, StuckRow)>,
+    pass: PassId,
+}
+
+/// Names a pass and the process that ran it, in the audit history.
+#[derive(Clone, Debug)]
+struct PassId {
+    pass: String,
+    instance: String,
+}
+
+impl PassId {
+    fn new(wall_now: Timestamp) -> PassId {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        PassId {
+            pass: format!("{}-{pid:x}-{seq}", wall_now.format("%Y%m%dT%H%M%S")),
+            instance: instance_id(),
+        }
+    }
+}
+
+/// `host:pid` of this process.
+fn instance_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown-host".into());
+        format!("{host}:{}", std::process::id())
+    })
+    .clone()
 }
 
 /// One page's row, carried through lookup, planning, apply and accounting.
@@ -500,9 +539,10 @@ pub async fn run_pass(
         .filter(|s| opts.only.is_empty() || opts.only.contains(&s.name))
         .collect();
 
+    let pass = PassId::new(wall_now);
     let mut opened = Vec::with_capacity(selected.len());
     for s in selected {
-        opened.push(open(cfg, conns, s, opts).await);
+        opened.push(open(cfg, conns, s, opts, &pass).await);
     }
 
     let mut sources = BTreeMap::new();
@@ -589,6 +629,7 @@ async fn open<'c>(
     conns: &mut Connections,
     sweep: &'c SweepConfig,
     opts: &PassOptions,
+    pass: &PassId,
 ) -> Opened<'c> {
     let started = Instant::now();
     let mut report = SweepReport::empty(&sweep.name, &sweep.table.to_string());
@@ -603,7 +644,7 @@ async fn open<'c>(
         };
     }
     let mut lock = None;
-    let ready = match try_open(cfg, conns, sweep, opts, &mut report, &mut lock).await {
+    let ready = match try_open(cfg, conns, sweep, opts, &mut report, &mut lock, pass).await {
         Ok(r) => r,
         Err((stage, e)) => {
             note(&mut report.errors, stage, &e);
@@ -637,6 +678,7 @@ async fn try_open(
     opts: &PassOptions,
     report: &mut SweepReport,
     lock_out: &mut Option<LockGuard>,
+    pass: &PassId,
 ) -> Result<Option<Ready>, StageFault> {
     let db = conns
         .db(cfg, &sweep.database)
@@ -690,6 +732,7 @@ async fn try_open(
         cutoffs,
         stale,
         target,
+        pass: pass.clone(),
     }))
 }
 
@@ -1310,6 +1353,7 @@ async fn walk_sweep(
         if run.requeued {
             prune_ledger(sweep, &ready, &mut run.report.errors).await;
         }
+        prune_history(cfg, conns, &ready, &mut run.report.errors).await;
         run.report.outcomes = Some(std::mem::take(&mut run.outcomes));
     }
     remember(conns, sweep, &ready, tails, &run);
@@ -1665,7 +1709,7 @@ async fn settle_page(
 
     let decided = Instant::now();
     if !opts.dry_run && !opts.stopping() {
-        apply_marks(sweep, ready, &mut work, &mut run.report.errors).await;
+        apply_marks(conns, sweep, ready, &mut work, &mut run.report.errors).await;
         let marked = Instant::now();
         requeue(cfg, conns, sweep, ready, &mut work, &mut run.report.errors).await;
         tracing::debug!(
@@ -1901,6 +1945,30 @@ fn summary(ev: &[SourceVerdict]) -> String {
         .join("; ")
 }
 
+/// The history entry of an applied decision: `to` is the target state, or
+/// `None` for a requeue into `queue`.
+fn history_entry(
+    sweep: &SweepConfig,
+    ready: &Ready,
+    w: &RowWork,
+    to: Option<&str>,
+    queue: Option<&str>,
+) -> HistoryEntry {
+    HistoryEntry {
+        at: ready.now,
+        sweep: sweep.name.clone(),
+        key: w.row.key.clone(),
+        from_state: w.row.state.to_string(),
+        to_state: to.map(str::to_string),
+        queue: queue.map(str::to_string),
+        attempt: queue.and(w.decision.attempt),
+        reason: w.decision.reason.to_string(),
+        evidence: summary(&w.evidence),
+        pass_id: ready.pass.pass.clone(),
+        instance_id: ready.pass.instance.clone(),
+    }
+}
+
 fn audit(sweep: &SweepConfig, w: &RowWork, to: &str) {
     tracing::info!(
         target: "sweeper::audit",
@@ -1916,9 +1984,21 @@ fn audit(sweep: &SweepConfig, w: &RowWork, to: &str) {
     );
 }
 
+/// Create the ledger and history tables once per database and process
+/// (before the first write that needs them).
+async fn ensure_tables(conns: &mut Connections, ready: &Ready) -> Result<(), Fault> {
+    let key = ready.db.name.clone();
+    if !conns.ledger_ready.contains(&key) {
+        ready.db.ensure_tables().await?;
+        conns.ledger_ready.insert(key);
+    }
+    Ok(())
+}
+
 /// Marks: one guarded update statement per target for the page's
 /// `mark_sent` / `mark_error` rows, in one transaction.
 async fn apply_marks(
+    conns: &mut Connections,
     sweep: &SweepConfig,
     ready: &Ready,
     work: &mut [RowWork],
@@ -1942,11 +2022,31 @@ async fn apply_marks(
             Target::Error
         }
     };
+    if let Err(fault) = ensure_tables(conns, ready).await {
+        for i in marks {
+            work[i].outcome = failed(Stage::Ledger, &fault);
+        }
+        note(errors, Stage::Ledger, &fault);
+        return;
+    }
+    let entries: Vec<HistoryEntry> = marks
+        .iter()
+        .map(|i| {
+            let to = if target(&work[*i]) == Target::Sent {
+                "sent"
+            } else {
+                "error"
+            };
+            history_entry(sweep, ready, &work[*i], Some(to), None)
+        })
+        .collect();
     let changes: Vec<Transition<'_>> = marks
         .iter()
-        .map(|i| Transition {
+        .zip(&entries)
+        .map(|(i, e)| Transition {
             row: &work[*i].row,
             to: target(&work[*i]),
+            history: Some(e),
         })
         .collect();
     let result = ready.db.transition(&ready.table, &changes).await;
@@ -2000,17 +2100,12 @@ async fn requeue(
         }
         return;
     };
-    let ledger_key = ready.db.name.clone();
-    if !conns.ledger_ready.contains(&ledger_key) {
-        if let Err(e) = ready.db.ensure_ledger().await {
-            let fault = Fault::from(e);
-            for i in requeues {
-                work[i].outcome = failed(Stage::Ledger, &fault);
-            }
-            note(errors, Stage::Ledger, &fault);
-            return;
+    if let Err(fault) = ensure_tables(conns, ready).await {
+        for i in requeues {
+            work[i].outcome = failed(Stage::Ledger, &fault);
         }
-        conns.ledger_ready.insert(ledger_key);
+        note(errors, Stage::Ledger, &fault);
+        return;
     }
     // Every job is built before anything is written: a row whose values
     // its job could not carry (say, ActiveJob's reserved keys, a NULL RQ
@@ -2074,6 +2169,7 @@ async fn reassert_before_requeue(
             .map(|i| Transition {
                 row: &work[*i].row,
                 to: Target::Pending,
+                history: None,
             })
             .collect();
         let result = ready.db.transition(&ready.table, &changes).await;
@@ -2197,6 +2293,47 @@ async fn push_and_record(
         })
         .collect();
     if let Err(e) = ready.db.ledger_put(&sweep.name, &entries, ready.now).await {
+        note(errors, Stage::Ledger, &e.into());
+    }
+    let history: Vec<HistoryEntry> = accepted
+        .iter()
+        .map(|i| history_entry(sweep, ready, &work[*i], None, Some(&job.queue_ref)))
+        .collect();
+    if let Err(e) = ready.db.history_put(&history).await {
+        note(errors, Stage::Ledger, &e.into());
+    }
+}
+
+/// How often a database's history is pruned.
+const HISTORY_PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Delete history entries older than `history.retention`, at most every
+/// `HISTORY_PRUNE_EVERY` per database, when the table exists.
+async fn prune_history(
+    cfg: &Config,
+    conns: &mut Connections,
+    ready: &Ready,
+    errors: &mut Vec<PassError>,
+) {
+    let name = ready.db.name.clone();
+    if conns
+        .history_pruned
+        .get(&name)
+        .is_some_and(|t| t.elapsed() < HISTORY_PRUNE_EVERY)
+    {
+        return;
+    }
+    conns.history_pruned.insert(name, Instant::now());
+    let result = match ready.db.history_exists().await {
+        Ok(true) => ready
+            .db
+            .history_prune(ready.now - delta(cfg.history.retention))
+            .await
+            .map(|_| ()),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
         note(errors, Stage::Ledger, &e.into());
     }
 }

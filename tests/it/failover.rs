@@ -159,6 +159,67 @@ async fn takeover(ts: Ts) {
     .await
     .unwrap();
     assert_eq!(attempts, [1, 1, 1], "one requeue each in the ledger");
+    // Every change is in the history once, made by B, with its reason and
+    // evidence.
+    let h = run_json(
+        &[
+            "history",
+            "-c",
+            cfg_b.to_str().unwrap(),
+            "--sweep",
+            "notifications",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let mut changes: Vec<(String, String, String)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let change = e["to_state"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{}#{}", e["queue"].as_str().unwrap(), e["attempt"]));
+            (
+                e["key"].as_str().unwrap().to_string(),
+                change,
+                e["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    changes.sort();
+    let want: Vec<(String, String, String)> = [
+        ("10", "resque#1", "stale_pending"),
+        ("2", "resque#1", "stale_pending"),
+        ("3", "resque#1", "stale_pending"),
+        ("5", "sent", "delivered"),
+        ("6", "sent", "delivered"),
+        ("7", "sent", "delivered"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(changes, want, "{h:#}");
+    let instances: std::collections::BTreeSet<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["instance_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(instances.len(), 1, "only B acted: {instances:?}");
+    assert!(
+        h.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["to_state"] == "sent")
+            .all(|e| e["evidence"]
+                .as_str()
+                .unwrap()
+                .starts_with("status: delivered")),
+        "{h:#}"
+    );
     redis_clear(&mut r, &ns).await;
     b.cleanup().await;
 }

@@ -10,6 +10,7 @@ mod daemon;
 mod evidence_fixtures;
 mod failover;
 mod guards;
+mod history;
 mod init;
 mod job_systems;
 mod journal;

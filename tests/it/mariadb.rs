@@ -265,6 +265,7 @@ async fn four_concurrent_passes_push_every_row_once(flavour: Flavour) {
     };
     let table = unique("storm");
     let ledger = unique("storm_ledger");
+    let history = unique("storm_history");
     match flavour {
         Flavour::Postgres => {
             run_sql(format!(
@@ -293,7 +294,7 @@ async fn four_concurrent_passes_push_every_row_once(flavour: Flavour) {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         r#"databases:
-  app: {{url: "{url}", ledger_table: {ledger}}}
+  app: {{url: "{url}", ledger_table: {ledger}, history_table: {history}}}
 queues:
   resque: {{kind: resque, redis: "{redis}", namespace: {ns}}}
 sweeps:
@@ -323,7 +324,7 @@ sweeps:
                 .unwrap()
         })
         .collect();
-    let mut acted = 0;
+    let mut acted: i64 = 0;
     for child in children {
         let o = child.wait_with_output().unwrap();
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -364,9 +365,27 @@ sweeps:
     .unwrap();
     let (count, min, max): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!((count, min, max), (N, 1, 1), "{flavour:?}: ledger");
+    let row = sqlx::query(&format!(
+        "SELECT count(*), count(DISTINCT row_key), count(DISTINCT instance_id) FROM {history} \
+         WHERE sweep = 'storm' AND queue = 'resque' AND attempt = 1 AND reason = 'stale_pending'"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let (entries, keys, instances): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (entries, keys),
+        (N, N),
+        "{flavour:?}: one history entry per requeue"
+    );
+    assert_eq!(
+        instances, acted,
+        "{flavour:?}: entries name the passes that acted"
+    );
     redis_clear(&mut r, &ns).await;
     run_sql(format!("DROP TABLE {table}")).await;
     run_sql(format!("DROP TABLE {ledger}")).await;
+    run_sql(format!("DROP TABLE {history}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,7 @@ pub struct Backend {
     pub pool: AnyPool,
     pub table: String,
     pub ledger: String,
+    pub history: String,
 }
 
 /// (id, user_id, state, minutes ago, message_id)
@@ -80,6 +81,7 @@ impl Backend {
             pool,
             table: unique("comments"),
             ledger: unique("ledger"),
+            history: unique("history"),
         };
         let ts_type = match ts {
             Ts::PgTz => "timestamptz",
@@ -209,6 +211,9 @@ impl Backend {
         let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.ledger))
             .execute(&self.pool)
             .await;
+        let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.history))
+            .execute(&self.pool)
+            .await;
         self.pool.close().await;
     }
 }
@@ -240,6 +245,7 @@ pub fn config(b: &Backend, dir: &Path, namespace: &str, max_attempts: u32) -> st
   app:
     url: "{url}"
     ledger_table: {ledger}
+    history_table: {history}
 queues:
   resque:
     kind: resque
@@ -270,6 +276,7 @@ sweeps:
 "#,
         url = b.url,
         ledger = b.ledger,
+        history = b.history,
         redis = redis_url(),
         log = log.display(),
         table = b.table,
@@ -326,6 +333,9 @@ async fn requeues_exactly_the_stale_pending_rows(ts: Ts) {
     assert_eq!(b.snapshot().await, before, "dry run changed rows");
     assert!(!b.ledger_exists().await);
     assert!(redis_snapshot(&mut r, &ns).await.is_empty());
+    let o = run(&["history", "-c", c, "--sweep", "notifications"]);
+    assert_eq!(o.status.code(), Some(1), "a dry run makes no history table");
+    assert!(stderr(&o).contains("no history table"), "{}", stderr(&o));
 
     // 2. A real pass applies exactly that plan.
     let done = run_json(&["once", "-c", c, "--format", "json"], 0);
@@ -345,6 +355,83 @@ async fn requeues_exactly_the_stale_pending_rows(ts: Ts) {
         );
     }
     assert_eq!(b.state(7).await, "sending");
+    // Every applied decision is in the history, with reason and evidence.
+    let h = run_json(
+        &[
+            "history",
+            "-c",
+            c,
+            "--sweep",
+            "notifications",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let mut got: Vec<(String, String, String, String)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["sweep"], "notifications");
+            assert!(!e["pass_id"].as_str().unwrap().is_empty(), "{e}");
+            assert!(e["instance_id"].as_str().unwrap().contains(':'), "{e}");
+            let change = match (e["to_state"].as_str(), e["queue"].as_str()) {
+                (Some(to), None) => to.to_string(),
+                (None, Some(q)) => format!("{q}#{}", e["attempt"]),
+                other => panic!("{other:?}: {e}"),
+            };
+            (
+                e["key"].as_str().unwrap().to_string(),
+                change,
+                e["reason"].as_str().unwrap().to_string(),
+                e["evidence"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let keys: Vec<(&str, &str)> = got.iter().map(|g| (g.0.as_str(), g.1.as_str())).collect();
+    assert_eq!(
+        keys,
+        [
+            ("10", "resque#1"),
+            ("2", "resque#1"),
+            ("3", "resque#1"),
+            ("5", "sent"),
+            ("6", "error")
+        ],
+        "{h:#}"
+    );
+    let sent = &got[3];
+    assert_eq!(sent.2, "delivered", "{h:#}");
+    assert!(
+        sent.3.starts_with("postfix: delivered (") && sent.3.contains("mail.log:"),
+        "evidence with its file:line: {}",
+        sent.3
+    );
+    let one = run_json(
+        &[
+            "history",
+            "-c",
+            c,
+            "--sweep",
+            "notifications",
+            "--key",
+            "6",
+            "--since",
+            "1h",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    assert_eq!(one.as_array().unwrap().len(), 1, "{one:#}");
+    assert_eq!(one[0]["to_state"], "error");
+    let text = stdout(&explain(&cfg, "notifications", "5"));
+    assert!(
+        text.contains("  history     ") && text.contains("sending -> sent  reason delivered"),
+        "{text}"
+    );
     let queues: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("{ns}:queues"))
         .query_async(&mut r)
@@ -488,7 +575,7 @@ async fn mariadb_timestamp_columns_find_the_same_stale_rows() {
 /// already moved and never overwritten.
 async fn a_row_that_moved_since_it_was_read_is_not_overwritten(ts: Ts) {
     use sweeper::adapters::db::{Db, Target, Transition};
-    use sweeper::core::model::RowState;
+    use sweeper::core::model::{HistoryEntry, RowState};
     let dir = tempfile::tempdir().unwrap();
     let b = Backend::new(ts, dir.path()).await;
     let cfg_path = config(&b, dir.path(), "unused", 5);
@@ -525,15 +612,43 @@ async fn a_row_that_moved_since_it_was_read_is_not_overwritten(ts: Ts) {
         }
     ))
     .await;
+    db.ensure_tables().await.unwrap();
+    let entries: Vec<HistoryEntry> = rows
+        .iter()
+        .map(|r| HistoryEntry {
+            at: now,
+            sweep: "notifications".into(),
+            key: r.key.clone(),
+            from_state: "sending".into(),
+            to_state: Some("error".into()),
+            queue: None,
+            attempt: None,
+            reason: "gave_up".into(),
+            evidence: String::new(),
+            pass_id: "p".into(),
+            instance_id: "test:1".into(),
+        })
+        .collect();
     let changes: Vec<Transition<'_>> = rows
         .iter()
-        .map(|r| Transition {
+        .zip(&entries)
+        .map(|(r, e)| Transition {
             row: r,
             to: Target::Error,
+            history: Some(e),
         })
         .collect();
     let applied = db.transition(&table, &changes).await.unwrap();
     assert_eq!(applied, [false, false, true]);
+    let history = db
+        .history_list("notifications", None, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["7"],
+        "history only for the row that changed"
+    );
     assert_eq!(b.state(5).await, "sent", "a moved row is never overwritten");
     assert_eq!(b.state(6).await, "sending");
     assert_eq!(b.state(7).await, "error");
