@@ -1931,6 +1931,59 @@ mod tests {
     }
 
     #[test]
+    fn mysql_urls_zones_and_literals() {
+        assert_eq!(
+            driver_url("mariadb://u@h:3306/app", Dialect::Mysql),
+            "mysql://u@h:3306/app"
+        );
+        assert_eq!(
+            driver_url("mysql://u@h/app", Dialect::Mysql),
+            "mysql://u@h/app"
+        );
+        assert_eq!(mysql_zone("UTC"), "+00:00");
+        assert_eq!(mysql_zone("Europe/Berlin"), "Europe/Berlin");
+        // Postgres reads a string offset with POSIX's inverted sign.
+        assert_eq!(pg_zone("+02:00"), "INTERVAL '+02:00'");
+        assert_eq!(pg_zone("UTC"), "'UTC'");
+        let s = StateValue::Str(r"it's\".into());
+        assert_eq!(s.sql_literal_in(Dialect::Mysql), r"'it''s\\'");
+        assert_eq!(s.sql_literal_in(Dialect::Postgres), r"'it''s\'");
+    }
+
+    #[test]
+    fn each_dialect_gets_its_own_index_and_table_ddl() {
+        let t = Ident::parse("app.comments", true).unwrap();
+        let c = |n: &str| Ident::parse(n, false).unwrap();
+        let states = [StateValue::Str("pending".into())];
+        let table = [
+            (
+                Dialect::Postgres,
+                "CREATE INDEX CONCURRENTLY comments_sweeper_idx ON \"app\".\"comments\" (\"state\", \"id\", \"updated_at\") WHERE \"state\" IN ('pending');",
+            ),
+            (
+                Dialect::Sqlite,
+                "CREATE INDEX comments_sweeper_idx ON \"app\".\"comments\" (\"state\", \"id\", \"updated_at\");",
+            ),
+            (
+                Dialect::Mysql,
+                "CREATE INDEX comments_sweeper_idx ON `app`.`comments` (`state`, `id`, `updated_at`) ALGORITHM=INPLACE LOCK=NONE;",
+            ),
+        ];
+        for (d, want) in table {
+            assert_eq!(
+                index_ddl(&t, &c("state"), &c("id"), &c("updated_at"), &states, d),
+                want
+            );
+        }
+        let h = Ident::parse("sweeper_history", true).unwrap();
+        let my = history_ddl(&h, Dialect::Mysql);
+        assert_eq!(my.len(), 1, "MySQL declares its indexes inline");
+        assert!(my[0].contains("row_key VARCHAR(191) NOT NULL"), "{my:?}");
+        assert_eq!(history_ddl(&h, Dialect::Postgres).len(), 3);
+        assert!(ledger_ddl(&h, Dialect::Mysql).contains("sweep VARCHAR(191) NOT NULL"));
+    }
+
+    #[test]
     fn lock_keys_are_stable_and_distinct() {
         // Pinned: a key that changed between builds would let two versions
         // of sweeper act on one sweep at once (FNV-1a of "sweeper:comments").

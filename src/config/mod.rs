@@ -928,6 +928,34 @@ mod tests {
     }
 
     #[test]
+    fn time_zones_are_utc_offsets_or_zone_names() {
+        let table: [(&str, Option<&str>); 9] = [
+            ("UTC", Some("UTC")),
+            ("utc", Some("UTC")),
+            ("+02:00", Some("+02:00")),
+            ("-09:30", Some("-09:30")),
+            ("Europe/Berlin", Some("Europe/Berlin")),
+            ("+2", None),
+            ("+15:00", None),
+            ("", None),
+            ("UTC'; DROP TABLE x; --", None),
+        ];
+        for (tz, want) in table {
+            let yaml = format!(
+                "databases:\n  app: {{url: \"mysql://u@h/db\", timezone: \"{tz}\"}}\n\
+                 queues:\n  q: {{kind: jsonl, path: /dev/null}}\n\
+                 sweeps:\n  s:\n    database: app\n    table: t\n    key: id\n    \
+                 state_column: state\n    timestamp_column: updated_at\n    \
+                 pending: {{after: 10m, queue: q, job: {{queue: q, class: C}}}}\n"
+            );
+            let got = load_str(&yaml, "tz.yaml", &|_| None)
+                .ok()
+                .map(|c| c.databases["app"].timezone.clone());
+            assert_eq!(got.as_deref(), want, "{tz:?}");
+        }
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_or_display() {
         let yaml = r#"databases:
   app: {url: "postgres://u:DbSecret1@h/db"}

@@ -45,6 +45,17 @@ pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
             ),
             Err(e) => fail(e.to_string()),
         }
+        match db.history_exists().await {
+            Ok(true) => println!(
+                "ok    database {name}: history table {} present",
+                dcfg.history_table
+            ),
+            Ok(false) => println!(
+                "ok    database {name}: history table {} not created yet (the first real pass or `sweeper migrate` creates it)",
+                dcfg.history_table
+            ),
+            Err(e) => fail(e.to_string()),
+        }
         for sweep in cfg.sweeps.iter().filter(|s| &s.database == name) {
             match db.sweep_table(sweep).await {
                 Ok(_) => {

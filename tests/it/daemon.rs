@@ -201,8 +201,9 @@ fn promtool_check_metrics(text: &str) {
 async fn true_stuck(b: &Backend) -> (i64, i64) {
     let q = |state: &str, mins: i64| {
         format!(
-            "SELECT count(*) FROM {} WHERE notification_state = '{state}' AND updated_at < now() - interval '{mins} minutes'",
-            b.table
+            "SELECT count(*) FROM {} WHERE notification_state = '{state}' AND updated_at < {}",
+            b.table,
+            b.ago(mins)
         )
     };
     let p: i64 = sqlx::query(&q("pending", 10))
@@ -220,8 +221,17 @@ async fn true_stuck(b: &Backend) -> (i64, i64) {
 
 #[tokio::test]
 async fn run_exports_true_counts_reloads_and_stops_cleanly() {
+    run_exports_true_counts_reloads_and_stops_cleanly_on(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn run_exports_true_counts_reloads_and_stops_cleanly_on_mariadb() {
+    run_exports_true_counts_reloads_and_stops_cleanly_on(Ts::MyDatetime).await;
+}
+
+async fn run_exports_true_counts_reloads_and_stops_cleanly_on(ts: Ts) {
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
     let ns = unique("resque_run");
     let mut r = redis().await;
     let base = config(&b, dir.path(), &ns, 5);
@@ -499,8 +509,17 @@ fn examined_and_passes(port: u16) -> Option<(f64, f64)> {
 
 #[tokio::test]
 async fn a_daemon_at_rest_rereads_nothing_until_a_log_line_arrives() {
+    a_daemon_at_rest_rereads_nothing_until_a_log_line_arrives_on(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn a_daemon_at_rest_rereads_nothing_until_a_log_line_arrives_on_mariadb() {
+    a_daemon_at_rest_rereads_nothing_until_a_log_line_arrives_on(Ts::MyDatetime).await;
+}
+
+async fn a_daemon_at_rest_rereads_nothing_until_a_log_line_arrives_on(ts: Ts) {
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
     let ns = unique("resque_rest");
     let mut r = redis().await;
     let base = config(&b, dir.path(), &ns, 5);

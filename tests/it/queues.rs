@@ -48,12 +48,21 @@ fn sorted_args(jobs: &[Value]) -> Vec<String> {
 
 #[tokio::test]
 async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none() {
+    sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none_on(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none_on_mariadb() {
+    sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none_on(Ts::MyDatetime).await;
+}
+
+async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none_on(ts: Ts) {
     assert!(
         Command::new("sidekiq").arg("--help").output().is_ok(),
         "sidekiq is required (run scripts/test, which installs ruby-sidekiq and ruby-redis-namespace)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
     let ns = unique("sidekiq_it");
     let mut r = redis().await;
     let base = config(&b, dir.path(), &ns, 5);
@@ -130,8 +139,17 @@ async fn sidekiq_runs_requeued_jobs_holds_queued_ones_and_fails_none() {
 
 #[tokio::test]
 async fn resque_presence_holds_queued_and_running_jobs_then_requeues() {
+    resque_presence_holds_queued_and_running_jobs_then_requeues_on(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn resque_presence_holds_queued_and_running_jobs_then_requeues_on_mariadb() {
+    resque_presence_holds_queued_and_running_jobs_then_requeues_on(Ts::MyDatetime).await;
+}
+
+async fn resque_presence_holds_queued_and_running_jobs_then_requeues_on(ts: Ts) {
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
     let ns = unique("resque_presence");
     let mut r = redis().await;
     let base = config(&b, dir.path(), &ns, 5);
@@ -348,8 +366,17 @@ pub async fn drain(ch: &lapin::Channel, name: &str) -> Vec<lapin::message::Basic
 
 #[tokio::test]
 async fn rabbitmq_gets_each_job_once_with_its_idempotency_key() {
+    rabbitmq_gets_each_job_once_with_its_idempotency_key_on(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_gets_each_job_once_with_its_idempotency_key_on_mariadb() {
+    rabbitmq_gets_each_job_once_with_its_idempotency_key_on(Ts::MyDatetime).await;
+}
+
+async fn rabbitmq_gets_each_job_once_with_its_idempotency_key_on(ts: Ts) {
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
     let ch = amqp().await;
     let q = unique("sweeper_amqp");
     declare(&ch, &q, Default::default()).await;

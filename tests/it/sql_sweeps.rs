@@ -17,11 +17,13 @@ pub enum Ts {
     MyDatetime,
     /// MariaDB, `TIMESTAMP(6)`.
     MyTimestamp,
+    /// MariaDB, `BIGINT` unix seconds.
+    MyEpoch,
 }
 
 impl Ts {
     pub fn mysql(self) -> bool {
-        matches!(self, Ts::MyDatetime | Ts::MyTimestamp)
+        matches!(self, Ts::MyDatetime | Ts::MyTimestamp | Ts::MyEpoch)
     }
 }
 
@@ -55,7 +57,7 @@ impl Backend {
         sqlx::any::install_default_drivers();
         let url = match ts {
             Ts::PgTz | Ts::PgNaive => pg_url(),
-            Ts::MyDatetime | Ts::MyTimestamp => my_url(),
+            Ts::MyDatetime | Ts::MyTimestamp | Ts::MyEpoch => my_url(),
             Ts::SqliteText | Ts::SqliteInt => {
                 format!("sqlite://{}?mode=rwc", dir.join("app.db").display())
             }
@@ -90,6 +92,7 @@ impl Backend {
             Ts::SqliteInt => "INTEGER",
             Ts::MyDatetime => "DATETIME(6)",
             Ts::MyTimestamp => "TIMESTAMP(6)",
+            Ts::MyEpoch => "BIGINT",
         };
         // MySQL cannot index TEXT and reads it back as a blob: VARCHAR.
         let text = if ts.mysql() { "VARCHAR(255)" } else { "TEXT" };
@@ -122,6 +125,7 @@ impl Backend {
             Ts::MyDatetime | Ts::MyTimestamp => {
                 format!("UTC_TIMESTAMP(6) - INTERVAL {mins} MINUTE")
             }
+            Ts::MyEpoch => format!("UNIX_TIMESTAMP() - {}", mins * 60),
         }
     }
 
@@ -136,7 +140,7 @@ impl Backend {
     pub async fn snapshot(&self) -> Vec<String> {
         let cast = |c: &str| match self.ts {
             Ts::PgTz | Ts::PgNaive => format!("{c}::text"),
-            Ts::MyDatetime | Ts::MyTimestamp => format!("CAST({c} AS CHAR)"),
+            Ts::MyDatetime | Ts::MyTimestamp | Ts::MyEpoch => format!("CAST({c} AS CHAR)"),
             _ => format!("CAST({c} AS TEXT)"),
         };
         let sql = if self.ts.mysql() {
@@ -187,7 +191,7 @@ impl Backend {
                 "SELECT CAST(count(*) AS BIGINT) FROM pg_tables WHERE tablename = '{}'",
                 self.ledger
             ),
-            Ts::MyDatetime | Ts::MyTimestamp => format!(
+            Ts::MyDatetime | Ts::MyTimestamp | Ts::MyEpoch => format!(
                 "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '{}'",
                 self.ledger
             ),
@@ -571,6 +575,11 @@ async fn mariadb_timestamp_columns_find_the_same_stale_rows() {
     finds_the_same_stale_rows(Ts::MyTimestamp).await;
 }
 
+#[tokio::test]
+async fn mariadb_unix_seconds_find_the_same_stale_rows() {
+    finds_the_same_stale_rows(Ts::MyEpoch).await;
+}
+
 /// Guarded writes: a row that moved between read and write is counted as
 /// already moved and never overwritten.
 async fn a_row_that_moved_since_it_was_read_is_not_overwritten(ts: Ts) {
@@ -844,8 +853,28 @@ async fn a_second_instance_skips_a_locked_mariadb_sweep() {
 /// create, and warns when the key is not unique.
 #[tokio::test]
 async fn check_reaches_everything_and_warns_about_non_unique_keys() {
+    check_reaches_everything_and_warns_about_non_unique_keys_on(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn check_reaches_everything_and_warns_about_non_unique_keys_on_mariadb() {
+    check_reaches_everything_and_warns_about_non_unique_keys_on(Ts::MyDatetime).await;
+}
+
+async fn check_reaches_everything_and_warns_about_non_unique_keys_on(ts: Ts) {
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
+    let (index, down) = if ts.mysql() {
+        (
+            "recommended index: CREATE INDEX",
+            "mysql://root@127.0.0.1:1/test",
+        )
+    } else {
+        (
+            "recommended index: CREATE INDEX CONCURRENTLY",
+            "postgres://postgres@127.0.0.1:1/test",
+        )
+    };
     let cfg = config(&b, dir.path(), &unique("check"), 5);
     let o = run(&["check", "-c", cfg.to_str().unwrap()]);
     let out = stdout(&o);
@@ -853,7 +882,7 @@ async fn check_reaches_everything_and_warns_about_non_unique_keys() {
     for want in [
         "ok    database app",
         "ok    sweep notifications: table",
-        "recommended index: CREATE INDEX CONCURRENTLY",
+        index,
         "ok    queue resque: resque at redis://",
         "ok    evidence postfix: postfix log, 1 file(s)",
     ] {
@@ -874,16 +903,12 @@ async fn check_reaches_everything_and_warns_about_non_unique_keys() {
     assert!(out.contains("WARN  sweep notifications: key column id is neither a primary key nor uniquely indexed"), "{out}");
     b.exec(&format!("DROP TABLE {loose}")).await;
     // An unreachable database fails the check, naming it.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(&b.url, "postgres://postgres@127.0.0.1:1/test");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(&b.url, down);
     let cfg3 = write(dir.path(), "down.yaml", &text);
     let o = run(&["check", "-c", cfg3.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stdout(&o).contains(
-            "FAIL  cannot connect to database app (postgres://postgres@127.0.0.1:1/test)"
-        ),
+        stdout(&o).contains(&format!("FAIL  cannot connect to database app ({down})")),
         "{}",
         stdout(&o)
     );
