@@ -270,8 +270,17 @@ fn metric_value(port: u16, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn a_daemon_reading_the_journal_settles_a_row_when_its_record_arrives_reading_only_new_records(
 ) {
+    journal_daemon(Ts::PgTz).await;
+}
+
+#[tokio::test]
+async fn a_daemon_on_mariadb_reading_the_journal_settles_a_row_when_its_record_arrives() {
+    journal_daemon(Ts::MyDatetime).await;
+}
+
+async fn journal_daemon(ts: Ts) {
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::new(Ts::PgTz, dir.path()).await;
+    let b = Backend::new(ts, dir.path()).await;
     let file = dir.path().join("mail.journal");
     // Rows 5 and 6 are stuck sending (m5, m6); only m5's delivery is in the
     // journal at first.
@@ -295,19 +304,7 @@ async fn a_daemon_reading_the_journal_settles_a_row_when_its_record_arrives_read
         "{checked}"
     );
     let _d = crate::daemon::spawn_with(&cfg, &["--initial-delay", "0s"]);
-    let pool = pg().await;
-    let table = b.table.clone();
-    let state = |id: i64| {
-        let (pool, table) = (&pool, &table);
-        async move {
-            sqlx::query_scalar::<_, String>(&format!(
-                "SELECT notification_state FROM {table} WHERE id = {id}"
-            ))
-            .fetch_one(pool)
-            .await
-            .unwrap()
-        }
-    };
+    let state = |id: i64| b.state(id);
     let series = "sweeper_evidence_lines_read_total{source=\"postfix\"}";
     wait_until("the first pass", Duration::from_secs(60), || {
         metric_value(port, series).filter(|v| *v >= 4.0)
