@@ -430,6 +430,14 @@ async fn requeues_exactly_the_stale_pending_rows(ts: Ts) {
         0,
     );
     assert_eq!(one.as_array().unwrap().len(), 1, "{one:#}");
+    // Dry runs over a sweep that now has history add none.
+    run_json(&["report", "-c", c, "--format", "json"], 0);
+    run_json(&["once", "-c", c, "--dry-run", "--format", "json"], 0);
+    let after = run_json(
+        &["history", "-c", c, "--sweep", "notifications", "--format", "json"],
+        0,
+    );
+    assert_eq!(after, h, "dry runs wrote history");
     assert_eq!(one[0]["to_state"], "error");
     let text = stdout(&explain(&cfg, "notifications", "5"));
     assert!(
