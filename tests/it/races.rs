@@ -1,7 +1,9 @@
 //! A real worker moves rows `pending → sending → sent` and gives up stale
 //! `sending` rows as `error` while sweeper passes run over the same table:
 //! no row the worker moved is overwritten, no job is pushed twice, and every
-//! write sweeper lost to the worker is counted as `already_moved`.
+//! write sweeper lost to the worker is counted as `already_moved`. Run on
+//! Postgres (`UPDATE … RETURNING` guards) and MariaDB (`SELECT … FOR UPDATE`
+//! then `UPDATE`).
 
 use crate::support::*;
 use serde_json::Value;
@@ -14,32 +16,75 @@ const ROWS: i64 = 600;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_racing_a_real_worker_overwrite_nothing_and_push_nothing_twice() {
+    race(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_racing_a_real_worker_on_mariadb_overwrite_nothing_and_push_nothing_twice() {
+    race(true).await;
+}
+
+async fn race(mysql: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pg().await;
+    sqlx::any::install_default_drivers();
+    let url = if mysql { my_url() } else { pg_url() };
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("database required at {url} (run scripts/test): {e}"));
     let table = unique("race");
     let worker_log = unique("race_worker");
     let ledger = unique("race_ledger");
-    sqlx::query(&format!(
-        "CREATE TABLE {table} (id bigint PRIMARY KEY, user_id bigint, state text NOT NULL, \
-         updated_at timestamptz NOT NULL, message_id text)"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-    // Odd rows stale pending, even rows stale sending (delivered per the log).
-    sqlx::query(&format!(
-        "INSERT INTO {table} SELECT g, g, CASE WHEN g % 2 = 1 THEN 'pending' ELSE 'sending' END, \
-         now() - interval '2 hours', '<r' || g || '@race.example>' FROM generate_series(1, {ROWS}) g"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(&format!(
-        "CREATE TABLE {worker_log} (seq bigserial PRIMARY KEY, id bigint, to_state text)"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    let history = unique("race_history");
+    let ddl = if mysql {
+        [
+            format!(
+                "CREATE TABLE {table} (id bigint PRIMARY KEY, user_id bigint, state varchar(16) NOT NULL, \
+                 updated_at datetime(6) NOT NULL, message_id varchar(255))"
+            ),
+            // Odd rows stale pending, even rows stale sending (delivered per the log).
+            format!(
+                "INSERT INTO {table} SELECT seq, seq, IF(seq % 2 = 1, 'pending', 'sending'), \
+                 UTC_TIMESTAMP(6) - INTERVAL 2 HOUR, CONCAT('<r', seq, '@race.example>') FROM seq_1_to_{ROWS}"
+            ),
+            format!(
+                "CREATE TABLE {worker_log} (seq bigint AUTO_INCREMENT PRIMARY KEY, id bigint, to_state varchar(16))"
+            ),
+        ]
+    } else {
+        [
+            format!(
+                "CREATE TABLE {table} (id bigint PRIMARY KEY, user_id bigint, state text NOT NULL, \
+                 updated_at timestamptz NOT NULL, message_id text)"
+            ),
+            format!(
+                "INSERT INTO {table} SELECT g, g, CASE WHEN g % 2 = 1 THEN 'pending' ELSE 'sending' END, \
+                 now() - interval '2 hours', '<r' || g || '@race.example>' FROM generate_series(1, {ROWS}) g"
+            ),
+            format!("CREATE TABLE {worker_log} (seq bigserial PRIMARY KEY, id bigint, to_state text)"),
+        ]
+    };
+    for sql in ddl {
+        sqlx::query(&sql)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    // The worker's statements in the database's own dialect.
+    let (move_sql, log_sql) = if mysql {
+        (
+            format!("UPDATE {table} SET state = ?, updated_at = UTC_TIMESTAMP(6) WHERE id = ? AND state = ?"),
+            format!("INSERT INTO {worker_log} (id, to_state) VALUES (?, ?)"),
+        )
+    } else {
+        (
+            format!(
+                "UPDATE {table} SET state = $1, updated_at = now() WHERE id = $2 AND state = $3"
+            ),
+            format!("INSERT INTO {worker_log} (id, to_state) VALUES ($1, $2)"),
+        )
+    };
     let at = (chrono::Utc::now() - chrono::TimeDelta::minutes(100))
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut log = String::new();
@@ -58,7 +103,7 @@ async fn passes_racing_a_real_worker_overwrite_nothing_and_push_nothing_twice() 
         "race.yaml",
         &format!(
             r#"databases:
-  app: {{url: "{url}", ledger_table: {ledger}}}
+  app: {{url: "{url}", ledger_table: {ledger}, history_table: {history}}}
 queues:
   jobs: {{kind: jsonl, path: "{jobs}"}}
 evidence:
@@ -80,7 +125,6 @@ sweeps:
       give_up_after: 24h
     limits: {{batch_size: 7, max_actions: 100000}}
 "#,
-            url = pg_url(),
             jobs = jobs.display(),
             log = log_path.display(),
         ),
@@ -91,7 +135,7 @@ sweeps:
     let worker = {
         let pool = pool.clone();
         let stop = stop.clone();
-        let (table, worker_log) = (table.clone(), worker_log.clone());
+        let (move_sql, log_sql) = (move_sql.clone(), log_sql.clone());
         tokio::spawn(async move {
             let mut moves = 0u64;
             let mut id = 1i64;
@@ -106,25 +150,21 @@ sweeps:
                         continue;
                     }
                     let mut tx = pool.begin().await.unwrap();
-                    let n = sqlx::query(&format!(
-                        "UPDATE {table} SET state = $1, updated_at = now() WHERE id = $2 AND state = $3"
-                    ))
-                    .bind(to)
-                    .bind(id)
-                    .bind(from)
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap()
-                    .rows_affected();
-                    if n == 1 {
-                        sqlx::query(&format!(
-                            "INSERT INTO {worker_log} (id, to_state) VALUES ($1, $2)"
-                        ))
-                        .bind(id)
+                    let n = sqlx::query(&move_sql)
                         .bind(to)
+                        .bind(id)
+                        .bind(from)
                         .execute(&mut *tx)
                         .await
-                        .unwrap();
+                        .unwrap()
+                        .rows_affected();
+                    if n == 1 {
+                        sqlx::query(&log_sql)
+                            .bind(id)
+                            .bind(to)
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
                         moves += 1;
                     }
                     tx.commit().await.unwrap();
@@ -162,7 +202,8 @@ sweeps:
 
     // Every row the worker moved is as the worker last left it.
     let last: HashMap<i64, String> = sqlx::query(&format!(
-        "SELECT DISTINCT ON (id) id, to_state FROM {worker_log} ORDER BY id, seq DESC"
+        "SELECT w.id, w.to_state FROM {worker_log} w JOIN \
+         (SELECT id, max(seq) AS last FROM {worker_log} GROUP BY id) l ON w.id = l.id AND w.seq = l.last"
     ))
     .fetch_all(&pool)
     .await
@@ -196,9 +237,25 @@ sweeps:
     assert!(!pushes.is_empty());
     // Lost races are counted as `already_moved`, never as failures (every
     // pass above exited 0); how many depends on timing.
-    eprintln!("{applied} writes applied, {already_moved} lost to the worker, {moves} worker moves");
+    let db = if mysql { "MariaDB" } else { "Postgres" };
+    eprintln!(
+        "{db}: {applied} writes applied, {already_moved} lost to the worker, {moves} worker moves"
+    );
 
-    for t in [&table, &worker_log, &ledger] {
+    // Every write sweeper applied is in the history, once.
+    let entries: i64 = sqlx::query(&format!(
+        "SELECT count(*) FROM {history} WHERE sweep = 'race'"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(
+        entries as u64, applied,
+        "one history entry per applied write"
+    );
+
+    for t in [&table, &worker_log, &ledger, &history] {
         let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {t}"))
             .execute(&pool)
             .await;

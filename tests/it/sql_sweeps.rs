@@ -434,7 +434,15 @@ async fn requeues_exactly_the_stale_pending_rows(ts: Ts) {
     run_json(&["report", "-c", c, "--format", "json"], 0);
     run_json(&["once", "-c", c, "--dry-run", "--format", "json"], 0);
     let after = run_json(
-        &["history", "-c", c, "--sweep", "notifications", "--format", "json"],
+        &[
+            "history",
+            "-c",
+            c,
+            "--sweep",
+            "notifications",
+            "--format",
+            "json",
+        ],
         0,
     );
     assert_eq!(after, h, "dry runs wrote history");
