@@ -1510,12 +1510,13 @@ pub fn index_ddl(
 }
 
 /// The ledger table's DDL. MySQL cannot index `TEXT`: the key columns are
-/// `VARCHAR(191)` (191 four-byte characters fit InnoDB's key length).
+/// `VARCHAR(191)` (191 four-byte characters fit InnoDB's key length), with
+/// a binary collation so keys differing only in case stay apart.
 pub fn ledger_ddl(ledger: &Ident, dialect: Dialect) -> String {
     let (text_key, real) = match dialect {
         Dialect::Postgres => ("TEXT", "double precision"),
         Dialect::Sqlite => ("TEXT", "REAL"),
-        Dialect::Mysql => ("VARCHAR(191)", "DOUBLE"),
+        Dialect::Mysql => (MYSQL_KEY, "DOUBLE"),
     };
     let version = match dialect {
         Dialect::Mysql => "VARCHAR(255)",
@@ -1603,7 +1604,7 @@ pub fn history_ddl(history: &Ident, dialect: Dialect) -> Vec<String> {
              INDEX {name}_at_idx (at))",
             typed(
                 "id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
-                "VARCHAR(191)",
+                MYSQL_KEY,
                 "VARCHAR(255)",
                 "TEXT",
                 "DOUBLE"
@@ -1647,6 +1648,9 @@ fn bind_history<'q>(mut q: AnyQuery<'q>, entries: &[&HistoryEntry]) -> AnyQuery<
     }
     q
 }
+
+/// MySQL key columns of sweeper's tables: indexable, compared exactly.
+const MYSQL_KEY: &str = "VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin";
 
 /// History entries per `INSERT` (11 bound values each).
 const HISTORY_CHUNK: usize = 500;
@@ -1978,9 +1982,15 @@ mod tests {
         let h = Ident::parse("sweeper_history", true).unwrap();
         let my = history_ddl(&h, Dialect::Mysql);
         assert_eq!(my.len(), 1, "MySQL declares its indexes inline");
-        assert!(my[0].contains("row_key VARCHAR(191) NOT NULL"), "{my:?}");
+        assert!(
+            my[0].contains(
+                "row_key VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
+            ),
+            "{my:?}"
+        );
         assert_eq!(history_ddl(&h, Dialect::Postgres).len(), 3);
-        assert!(ledger_ddl(&h, Dialect::Mysql).contains("sweep VARCHAR(191) NOT NULL"));
+        assert!(ledger_ddl(&h, Dialect::Mysql)
+            .contains("sweep VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"));
     }
 
     #[test]

@@ -100,7 +100,7 @@ async fn migrate_print_writes_each_dialects_ddl_without_connecting() {
         "CREATE TABLE IF NOT EXISTS \"sweeper_history\" (id BIGSERIAL PRIMARY KEY",
         "CREATE INDEX IF NOT EXISTS sweeper_history_row_idx ON \"sweeper_history\" (sweep, row_key, at);",
         "-- database my (mysql): ledger sweeper_ledger, history app.audit",
-        "CREATE TABLE IF NOT EXISTS `sweeper_ledger` (sweep VARCHAR(191) NOT NULL",
+        "CREATE TABLE IF NOT EXISTS `sweeper_ledger` (sweep VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
         "CREATE TABLE IF NOT EXISTS `app`.`audit` (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
         "-- database lite (sqlite)",
         "CREATE TABLE IF NOT EXISTS \"sweeper_history\" (id INTEGER PRIMARY KEY",

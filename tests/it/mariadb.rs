@@ -532,3 +532,108 @@ sweeps:
         .execute(&pool)
         .await;
 }
+
+/// Hostile key values on MariaDB (whose string literals also read
+/// backslash escapes) are bound, never spliced: each touches its own row;
+/// keys differing only in case stay apart in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_key_values_are_bound_and_touch_only_their_own_row_on_mariadb() {
+    let pool = mariadb().await;
+    let (table, ledger, history) = (
+        unique("guard_keys"),
+        unique("guard_ledger"),
+        unique("guard_history"),
+    );
+    exec(
+        &pool,
+        &format!(
+            "CREATE TABLE {table} (id varchar(64) COLLATE utf8mb4_bin PRIMARY KEY, \
+             state varchar(16) NOT NULL, updated_at datetime(6) NOT NULL)"
+        ),
+    )
+    .await;
+    let hostile = [
+        "1' OR '1'='1",
+        "x\"; DROP TABLE t; --",
+        "ü\\'",
+        "\\",
+        "%",
+        "_",
+        "a",
+        "A",
+    ];
+    for k in hostile {
+        sqlx::query(&format!(
+            "INSERT INTO {table} VALUES (?, 'pending', UTC_TIMESTAMP(6) - INTERVAL 1 HOUR)"
+        ))
+        .bind(k)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO {table} VALUES ('1', 'pending', UTC_TIMESTAMP(6)), \
+             ('2', 'sent', UTC_TIMESTAMP(6) - INTERVAL 1 HOUR)"
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    let yaml = format!(
+        r#"databases:
+  app: {{url: "{url}", ledger_table: {ledger}, history_table: {history}}}
+queues:
+  jobs: {{kind: jsonl, path: "{jobs}"}}
+sweeps:
+  guard:
+    database: app
+    table: {table}
+    key: id
+    state_column: state
+    timestamp_column: updated_at
+    pending:
+      after: 10m
+      queue: jobs
+      job: {{queue: q, class: Job, args: [id]}}
+"#,
+        url = my_url(),
+        jobs = jobs.display(),
+    );
+    let cfg = write(dir.path(), "keys.yaml", &yaml);
+    let report = once_json(&cfg, 0);
+    let s = sweep_json(&report, "guard");
+    assert_eq!(s["outcomes"]["applied"]["requeue"], hostile.len(), "{s:#}");
+    let mut want: Vec<String> = hostile.iter().map(|k| k.to_string()).collect();
+    want.sort();
+    let mut pushed: Vec<String> = read_jsonl(&jobs)
+        .iter()
+        .map(|j| j["args"][0].as_str().unwrap().to_string())
+        .collect();
+    pushed.sort();
+    assert_eq!(pushed, want);
+    let mut ledger_keys: Vec<String> =
+        sqlx::query_scalar(&format!("SELECT CAST(row_key AS CHAR(191)) FROM {ledger}"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    ledger_keys.sort();
+    assert_eq!(ledger_keys, want, "each key recorded as itself");
+    let others: Vec<(String, String)> = sqlx::query(&format!(
+        "SELECT CAST(id AS CHAR(64)), state FROM {table} WHERE id IN ('1', '2') ORDER BY id"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    assert_eq!(
+        others,
+        [("1".into(), "pending".into()), ("2".into(), "sent".into())]
+    );
+    let o = explain(&cfg, "guard", hostile[0]);
+    assert!(stdout(&o).contains("recently_requeued"), "{}", stdout(&o));
+    exec(&pool, &format!("DROP TABLE {table}, {ledger}, {history}")).await;
+}
