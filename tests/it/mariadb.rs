@@ -193,7 +193,7 @@ sweeps:
         "fractional seconds kept: {states:?}"
     );
     let ledger_rows: Vec<(String, i64)> = sqlx::query(&format!(
-        "SELECT row_key, attempts FROM test.{ledger} WHERE sweep = 'receipts'"
+        "SELECT CAST(row_key AS CHAR(191)), attempts FROM test.{ledger} WHERE sweep = 'receipts'"
     ))
     .fetch_all(&pool)
     .await
