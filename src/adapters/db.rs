@@ -209,19 +209,31 @@ impl LockGuard {
     /// means the lock may already be another instance's. Checked between
     /// pages; file locks cannot be lost.
     pub async fn still_held(&mut self) -> bool {
-        let conn = match self {
-            LockGuard::Postgres { conn, .. } | LockGuard::Mysql { conn, .. } => conn,
+        let (conn, name) = match self {
+            LockGuard::Postgres { conn, .. } => (conn, None),
+            LockGuard::Mysql { conn, name } => (conn, Some(name.clone())),
             LockGuard::File(_) | LockGuard::None => return true,
         };
         let Some(c) = conn.as_mut() else {
             return false;
         };
-        let ok = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            sqlx::query("SELECT 1").execute(&mut *c),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
+        // Postgres: a session advisory lock lasts as long as its session.
+        // MySQL: ask whether this very connection still holds the name.
+        let probe = async {
+            match name {
+                None => sqlx::query("SELECT 1").execute(&mut *c).await.map(|_| true),
+                Some(n) => sqlx::query_scalar::<_, Option<i64>>(
+                    "SELECT CAST(IS_USED_LOCK(?) = CONNECTION_ID() AS SIGNED)",
+                )
+                .bind(n)
+                .fetch_one(&mut *c)
+                .await
+                .map(|held| held == Some(1)),
+            }
+        };
+        let ok = tokio::time::timeout(std::time::Duration::from_secs(10), probe)
+            .await
+            .is_ok_and(|r| r.unwrap_or(false));
         if !ok {
             // Never use it again: a reconnect would not hold the lock.
             *conn = None;
@@ -387,7 +399,11 @@ impl Db {
         let sql = match self.dialect {
             Dialect::Postgres => "SELECT extract(epoch from now())::float8",
             Dialect::Sqlite => "SELECT (julianday('now') - 2440587.5) * 86400.0",
-            Dialect::Mysql => "SELECT UNIX_TIMESTAMP(NOW(6)) + 0e0",
+            // From UTC: `NOW()` in a zone with daylight saving is ambiguous
+            // for an hour a year.
+            Dialect::Mysql => {
+                "SELECT TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) / 1e6"
+            }
         };
         let secs: f64 = sqlx::query_scalar(sql)
             .fetch_one(&self.pool)
@@ -982,6 +998,11 @@ impl Db {
         Ok(())
     }
 
+    /// The name of a sweep's `GET_LOCK` lock on this MySQL database.
+    pub fn mysql_lock_name(&self, t: &SweepTable) -> String {
+        mysql_lock_name(&self.url, t)
+    }
+
     pub fn ledger_table(&self) -> &Ident {
         &self.ledger
     }
@@ -1000,8 +1021,17 @@ impl Db {
         }
     }
 
+    /// Only what is missing is created: a user without CREATE rights works
+    /// once a DBA has applied `migrate --print`'s DDL (MySQL checks the
+    /// privilege even for `CREATE TABLE IF NOT EXISTS` on a table that is
+    /// there).
     async fn try_ensure_tables(&self) -> Result<(), DbError> {
-        self.ensure_ledger().await?;
+        if !self.ledger_exists().await? {
+            self.ensure_ledger().await?;
+        }
+        if self.history_exists().await? {
+            return Ok(());
+        }
         for sql in history_ddl(&self.history, self.dialect) {
             sqlx::query(&sql)
                 .execute(&self.pool)
@@ -1089,7 +1119,9 @@ impl Db {
     pub async fn history_prune(&self, before: Timestamp) -> Result<u64, DbError> {
         let h = self.history.quoted_in(self.dialect);
         let sql = match self.dialect {
-            Dialect::Mysql => format!("DELETE FROM {h} WHERE at < ? ORDER BY at LIMIT {PRUNE_BATCH}"),
+            Dialect::Mysql => {
+                format!("DELETE FROM {h} WHERE at < ? ORDER BY at, id LIMIT {PRUNE_BATCH}")
+            }
             Dialect::Postgres | Dialect::Sqlite => format!(
                 "DELETE FROM {h} WHERE id IN (SELECT id FROM {h} WHERE at < {} ORDER BY at LIMIT {PRUNE_BATCH})",
                 ph(self.dialect, 1)
@@ -1322,7 +1354,7 @@ impl Db {
             }
             Dialect::Mysql => {
                 use sqlx::Connection as _;
-                let lock_name = mysql_lock_name(t);
+                let lock_name = mysql_lock_name(&self.url, t);
                 let mut conn = self.lock_connection().await?;
                 let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, 0) AS SIGNED)")
                     .bind(lock_name.clone())
@@ -1546,10 +1578,19 @@ pub fn advisory_lock_key(t: &SweepTable) -> i64 {
 }
 
 /// The name of a sweep's MySQL `GET_LOCK` lock (`IS_USED_LOCK(name)`
-/// names the connection holding it). Names are at most 64 characters:
-/// a stable hash.
-pub fn mysql_lock_name(t: &SweepTable) -> String {
-    format!("sweeper:{:016x}", lock_key(&lock_subject(t)) as u64)
+/// names the connection holding it). Lock names are global to the server,
+/// so the database is part of it; names are at most 64 characters: a
+/// stable hash.
+fn mysql_lock_name(url: &str, t: &SweepTable) -> String {
+    let database = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit_once('/'))
+        .map_or("", |(_, db)| db);
+    format!(
+        "sweeper:{:016x}",
+        lock_key(&format!("{database}/{}", lock_subject(t))) as u64
+    )
 }
 
 /// The audit history table's DDL (statements to run in order): one row per
@@ -1606,7 +1647,9 @@ pub fn history_ddl(history: &Ident, dialect: Dialect) -> Vec<String> {
                 "id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
                 MYSQL_KEY,
                 "VARCHAR(255)",
-                "TEXT",
+                // TEXT holds 64 KiB; an entry that did not fit would roll
+                // back its page's marks.
+                "MEDIUMTEXT",
                 "DOUBLE"
             )
         )],
@@ -1906,7 +1949,9 @@ impl SweepTable {
         match self.dialect {
             Dialect::Postgres => format!("json_build_array({})::text", self.args.join(", ")),
             Dialect::Sqlite => format!("json_array({})", self.args.join(", ")),
-            Dialect::Mysql => format!("JSON_ARRAY({})", self.args.join(", ")),
+            // MySQL returns a JSON-typed column the `Any` driver cannot
+            // decode (MariaDB returns text): cast it.
+            Dialect::Mysql => format!("CAST(JSON_ARRAY({}) AS CHAR)", self.args.join(", ")),
         }
     }
 }

@@ -1448,6 +1448,7 @@ async fn settle_target(
         lookups,
         sources,
         Some(asked),
+        None,
     )
     .await;
     account(&mut work, run, walk.ready.now, walk.opts);
@@ -1536,7 +1537,18 @@ async fn walk_pages(
             .into_iter()
             .filter(|(r, _)| !run.moved_to_pending.contains(&r.key))
             .collect();
-        let mut work = settle_page(walk, conns, page, planner, run, lookups, sources, None).await;
+        let mut work = settle_page(
+            walk,
+            conns,
+            page,
+            planner,
+            run,
+            lookups,
+            sources,
+            None,
+            lock.as_deref_mut(),
+        )
+        .await;
         account(&mut work, run, ready.now, opts);
     }
     true
@@ -1630,6 +1642,7 @@ async fn settle_page(
     lookups: &mut BTreeMap<(String, &'static str), u64>,
     sources: &mut BTreeMap<String, Option<String>>,
     asked: Option<&mut BTreeMap<String, Result<SourceScan, String>>>,
+    lock: Option<&mut LockGuard>,
 ) -> Vec<RowWork> {
     let Walk {
         cfg,
@@ -1708,7 +1721,23 @@ async fn settle_page(
     }
 
     let decided = Instant::now();
-    if !opts.dry_run && !opts.stopping() {
+    // Evidence lookups may have taken long: the lock must still be ours
+    // when the page's writes begin.
+    let lock_lost = match lock {
+        Some(l) if !opts.dry_run => !l.still_held().await,
+        _ => false,
+    };
+    if lock_lost {
+        for w in work.iter_mut().filter(|w| {
+            matches!(
+                w.decision.action,
+                Action::MarkSent | Action::MarkError | Action::Requeue
+            )
+        }) {
+            w.outcome = failed(Stage::Lock, &Fault::LockLost);
+        }
+        note(&mut run.report.errors, Stage::Lock, &Fault::LockLost);
+    } else if !opts.dry_run && !opts.stopping() {
         apply_marks(conns, sweep, ready, &mut work, &mut run.report.errors).await;
         let marked = Instant::now();
         requeue(cfg, conns, sweep, ready, &mut work, &mut run.report.errors).await;

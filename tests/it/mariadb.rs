@@ -417,10 +417,12 @@ async fn status_api(hang: Arc<AtomicBool>, asked: Arc<AtomicUsize>) -> u16 {
 }
 
 /// The connection holding a sweep's `GET_LOCK` dies mid-pass (killed on
-/// the server): the pass finishes the page in hand, then stops before the
-/// next one with a lock error, leaving the rest to whoever holds the lock.
+/// the server while the page's evidence is being asked): the page in hand
+/// is not written (the lock is re-checked before a page's writes), and the
+/// pass stops there with a lock error, leaving the rest to whoever holds
+/// the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_that_loses_its_lock_connection_stops_at_the_next_page() {
+async fn a_pass_that_loses_its_lock_connection_writes_nothing_more() {
     let pool = mariadb().await;
     let table = unique("lost");
     exec(
@@ -496,7 +498,7 @@ sweeps:
         .sweep_table(sweeper_cfg.sweep("lost").unwrap())
         .await
         .unwrap();
-    let name = sweeper::adapters::db::mysql_lock_name(&t);
+    let name = db.mysql_lock_name(&t);
     let holder: Option<i64> = sqlx::query_scalar("SELECT CAST(IS_USED_LOCK(?) AS SIGNED)")
         .bind(&name)
         .fetch_one(&pool)
@@ -520,7 +522,11 @@ sweeps:
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(sent, 1, "only the page in hand was settled: {s:#}");
+    assert_eq!(sent, 0, "nothing written after the lock was lost: {s:#}");
+    assert_eq!(
+        s["outcomes"]["failed"], 1,
+        "the page in hand failed at the lock: {s:#}"
+    );
     assert_eq!(
         asked.load(Ordering::SeqCst),
         1,
@@ -636,4 +642,54 @@ sweeps:
     let o = explain(&cfg, "guard", hostile[0]);
     assert!(stdout(&o).contains("recently_requeued"), "{}", stdout(&o));
     exec(&pool, &format!("DROP TABLE {table}, {ledger}, {history}")).await;
+}
+
+/// Sweeper runs as a user with only SELECT/INSERT/UPDATE/DELETE once its
+/// tables exist (a DBA applied `migrate --print`; here `migrate` as root):
+/// it creates nothing it does not need.
+#[tokio::test]
+async fn a_user_without_create_rights_sweeps_once_the_tables_exist() {
+    use crate::sql_sweeps::{config, Backend, Ts};
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::new(Ts::MyDatetime, dir.path()).await;
+    let pool = mariadb().await;
+    exec(
+        &pool,
+        "CREATE USER IF NOT EXISTS 'sweeper_dml'@'127.0.0.1' IDENTIFIED BY 'dml-pw'",
+    )
+    .await;
+    exec(
+        &pool,
+        "CREATE USER IF NOT EXISTS 'sweeper_dml'@'localhost' IDENTIFIED BY 'dml-pw'",
+    )
+    .await;
+    for host in ["127.0.0.1", "localhost"] {
+        exec(
+            &pool,
+            &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO 'sweeper_dml'@'{host}'"),
+        )
+        .await;
+    }
+    let ns = unique("dml");
+    let root_cfg = config(&b, dir.path(), &ns, 5);
+    let o = run(&["migrate", "-c", root_cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let dml_url = b
+        .url
+        .replace("mysql://root@", "mysql://sweeper_dml:dml-pw@");
+    assert_ne!(dml_url, b.url);
+    let text = std::fs::read_to_string(&root_cfg)
+        .unwrap()
+        .replace(&b.url, &dml_url);
+    let cfg = write(dir.path(), "dml.yaml", &text);
+    let done = once_json(&cfg, 0);
+    let s = sweep_json(&done, "notifications");
+    assert_eq!(
+        s["outcomes"],
+        json!({"applied": {"requeue": 3, "mark_sent": 1, "mark_error": 1}, "already_moved": 0, "failed": 0}),
+        "{s:#}"
+    );
+    let mut r = redis().await;
+    redis_clear(&mut r, &ns).await;
+    b.cleanup().await;
 }

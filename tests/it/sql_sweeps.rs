@@ -1077,3 +1077,43 @@ sweeps:
     );
     q(format!("DROP SCHEMA {schema} CASCADE")).await;
 }
+
+/// Postgres `timestamp` columns written in the app's local zone (UTC+2
+/// here) and read in the configured `timezone`, as an offset or as a zone
+/// name, give the same stale rows and ages as UTC ones.
+#[tokio::test]
+async fn postgres_naive_timestamps_are_read_in_the_configured_zone() {
+    for zone in ["+02:00", "Etc/GMT-2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::new(Ts::PgNaive, dir.path()).await;
+        b.exec(&format!(
+            "UPDATE {} SET updated_at = updated_at + interval '2 hours'",
+            b.table
+        ))
+        .await;
+        let cfg = config(&b, dir.path(), "unused", 5);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "    ledger_table:",
+            &format!("    timezone: \"{zone}\"\n    ledger_table:"),
+        );
+        let cfg = write(dir.path(), "zoned.yaml", &text);
+        let report = report_json(&cfg);
+        let s = sweep_json(&report, "notifications");
+        assert_eq!(
+            s["stuck"],
+            json!({"pending": 3, "sending": 3}),
+            "{zone}: {s:#}"
+        );
+        assert_eq!(keys_with(s, "requeue"), ["10", "2", "3"], "{zone}");
+        let age2 = s["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "2")
+            .unwrap()["age_seconds"]
+            .as_i64()
+            .unwrap();
+        assert!((1190..=1260).contains(&age2), "{zone}: row 2 age {age2}");
+        b.cleanup().await;
+    }
+}
