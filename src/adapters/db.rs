@@ -961,31 +961,9 @@ impl Db {
     }
 
     pub async fn ledger_exists(&self) -> Result<bool, DbError> {
-        let exists = match self.dialect {
-            Dialect::Postgres => {
-                sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
-                    .bind(self.ledger.quoted())
-                    .fetch_one(&self.pool)
-                    .await
-            }
-            Dialect::Sqlite => sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            )
-            .bind(self.ledger.name().to_string())
-            .fetch_one(&self.pool)
+        self.table_exists(&self.ledger)
             .await
-            .map(|n| n > 0),
-            Dialect::Mysql => sqlx::query_scalar::<_, i64>(&format!(
-                "SELECT count(*) FROM information_schema.tables \
-                 WHERE table_schema = {} AND table_name = ?",
-                mysql_schema(&self.ledger)
-            ))
-            .bind(self.ledger.name().to_string())
-            .fetch_one(&self.pool)
-            .await
-            .map(|n| n > 0),
-        };
-        exists.map_err(self.err("looking for the ledger table"))
+            .map_err(self.err("looking for the ledger table"))
     }
 
     /// Create the ledger table if it does not exist. Times are unix seconds.
@@ -1374,17 +1352,7 @@ impl Db {
             Dialect::Postgres => {
                 use sqlx::Connection as _;
                 let key = lock_key(&name);
-                let mut conn = tokio::time::timeout(
-                    self.connect_timeout,
-                    sqlx::AnyConnection::connect(&self.url),
-                )
-                .await
-                .map_err(|_| DbError::Query {
-                    db: self.name.clone(),
-                    context: "taking the sweep lock".into(),
-                    source: sqlx::Error::PoolTimedOut,
-                })?
-                .map_err(self.err("taking the sweep lock"))?;
+                let mut conn = self.lock_connection().await?;
                 let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                     .bind(key)
                     .fetch_one(&mut conn)

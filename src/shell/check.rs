@@ -22,77 +22,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
         cfg.sweeps.len()
     );
     for (name, dcfg) in &cfg.databases {
-        let db = match Db::connect(dcfg).await {
-            Ok(db) => db,
-            Err(e) => {
-                fail(e.to_string());
-                continue;
-            }
-        };
-        match db.now().await {
-            Ok(now) => println!(
-                "ok    database {name} ({}): reachable, clock {}",
-                dcfg.redacted_url(),
-                now.format("%Y-%m-%d %H:%M:%S UTC")
-            ),
-            Err(e) => fail(e.to_string()),
-        }
-        match db.ledger_exists().await {
-            Ok(true) => println!("ok    database {name}: ledger table {} present", dcfg.ledger_table),
-            Ok(false) => println!(
-                "ok    database {name}: ledger table {} not created yet (the first real pass or `sweeper migrate` creates it)",
-                dcfg.ledger_table
-            ),
-            Err(e) => fail(e.to_string()),
-        }
-        match db.history_exists().await {
-            Ok(true) => println!(
-                "ok    database {name}: history table {} present",
-                dcfg.history_table
-            ),
-            Ok(false) => println!(
-                "ok    database {name}: history table {} not created yet (the first real pass or `sweeper migrate` creates it)",
-                dcfg.history_table
-            ),
-            Err(e) => fail(e.to_string()),
-        }
-        for sweep in cfg.sweeps.iter().filter(|s| &s.database == name) {
-            match db.sweep_table(sweep).await {
-                Ok(_) => {
-                    println!(
-                        "ok    sweep {}: table {} has columns {}, {}, {}{}",
-                        sweep.name,
-                        sweep.table,
-                        sweep.key,
-                        sweep.state_column,
-                        sweep.timestamp_column,
-                        if sweep.job.as_ref().is_some_and(|j| !j.args.is_empty())
-                            || !sweep.evidence.is_empty()
-                        {
-                            " and every arg/match column"
-                        } else {
-                            ""
-                        }
-                    );
-                    match db.key_is_unique(&sweep.table, &sweep.key).await {
-                        Ok(true) => {}
-                        Ok(false) => println!(
-                            "WARN  sweep {}: key column {} is neither a primary key nor uniquely indexed; \
-                             sweeper pages and guards writes by it, so rows sharing a key may be skipped \
-                             or updated together",
-                            sweep.name, sweep.key
-                        ),
-                        Err(e) => println!("WARN  sweep {}: {e}", sweep.name),
-                    }
-                    println!(
-                        "      recommended index: {}",
-                        Db::recommended_index(sweep, dcfg.dialect)
-                    );
-                }
-                Err(e) => fail(format!("sweep {}: {e}", sweep.name)),
-            }
-        }
-        db.close().await;
+        check_database(cfg, name, dcfg, &mut fail).await;
     }
     for (name, qcfg) in &cfg.queues {
         match QueueClient::connect(qcfg).await {
@@ -188,4 +118,85 @@ pub async fn run(cfg: &Config) -> anyhow::Result<u8> {
     } else {
         EXIT_OK
     })
+}
+
+/// One database: reachable, its clock, sweeper's tables, and each sweep's
+/// table (columns, key uniqueness, the recommended index).
+async fn check_database(
+    cfg: &Config,
+    name: &str,
+    dcfg: &crate::config::DatabaseConfig,
+    fail: &mut impl FnMut(String),
+) {
+    let db = match Db::connect(dcfg).await {
+        Ok(db) => db,
+        Err(e) => {
+            fail(e.to_string());
+            return;
+        }
+    };
+    match db.now().await {
+        Ok(now) => println!(
+            "ok    database {name} ({}): reachable, clock {}",
+            dcfg.redacted_url(),
+            now.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        Err(e) => fail(e.to_string()),
+    }
+    match db.ledger_exists().await {
+        Ok(true) => println!("ok    database {name}: ledger table {} present", dcfg.ledger_table),
+        Ok(false) => println!(
+            "ok    database {name}: ledger table {} not created yet (the first real pass or `sweeper migrate` creates it)",
+            dcfg.ledger_table
+        ),
+        Err(e) => fail(e.to_string()),
+    }
+    match db.history_exists().await {
+        Ok(true) => println!(
+            "ok    database {name}: history table {} present",
+            dcfg.history_table
+        ),
+        Ok(false) => println!(
+            "ok    database {name}: history table {} not created yet (the first real pass or `sweeper migrate` creates it)",
+            dcfg.history_table
+        ),
+        Err(e) => fail(e.to_string()),
+    }
+    for sweep in cfg.sweeps.iter().filter(|s| s.database == name) {
+        match db.sweep_table(sweep).await {
+            Ok(_) => {
+                println!(
+                    "ok    sweep {}: table {} has columns {}, {}, {}{}",
+                    sweep.name,
+                    sweep.table,
+                    sweep.key,
+                    sweep.state_column,
+                    sweep.timestamp_column,
+                    if sweep.job.as_ref().is_some_and(|j| !j.args.is_empty())
+                        || !sweep.evidence.is_empty()
+                    {
+                        " and every arg/match column"
+                    } else {
+                        ""
+                    }
+                );
+                match db.key_is_unique(&sweep.table, &sweep.key).await {
+                    Ok(true) => {}
+                    Ok(false) => println!(
+                        "WARN  sweep {}: key column {} is neither a primary key nor uniquely indexed; \
+                         sweeper pages and guards writes by it, so rows sharing a key may be skipped \
+                         or updated together",
+                        sweep.name, sweep.key
+                    ),
+                    Err(e) => println!("WARN  sweep {}: {e}", sweep.name),
+                }
+                println!(
+                    "      recommended index: {}",
+                    Db::recommended_index(sweep, dcfg.dialect)
+                );
+            }
+            Err(e) => fail(format!("sweep {}: {e}", sweep.name)),
+        }
+    }
+    db.close().await;
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A status API that hangs while `hang` is set, then says "delivered".
-async fn status_api(hang: Arc<AtomicBool>, asked: Arc<AtomicUsize>) -> u16 {
+pub async fn status_api(hang: Arc<AtomicBool>, asked: Arc<AtomicUsize>) -> u16 {
     let app = axum::Router::new().fallback(move || {
         let (hang, asked) = (hang.clone(), asked.clone());
         async move {

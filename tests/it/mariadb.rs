@@ -3,6 +3,7 @@
 //! and `migrate`, four concurrent passes over 10,000 rows, and a pass that
 //! loses its lock's connection.
 
+use crate::failover::status_api;
 use crate::support::*;
 use serde_json::json;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -396,24 +397,6 @@ async fn four_concurrent_passes_on_postgres_push_every_row_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_concurrent_passes_on_mariadb_push_every_row_once() {
     four_concurrent_passes_push_every_row_once(Flavour::MariaDb).await;
-}
-
-/// A status API that hangs while `hang` is set, then says "delivered".
-async fn status_api(hang: Arc<AtomicBool>, asked: Arc<AtomicUsize>) -> u16 {
-    let app = axum::Router::new().fallback(move || {
-        let (hang, asked) = (hang.clone(), asked.clone());
-        async move {
-            asked.fetch_add(1, Ordering::SeqCst);
-            while hang.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            axum::Json(serde_json::json!({"status": "delivered"}))
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    port
 }
 
 /// The connection holding a sweep's `GET_LOCK` dies mid-pass (killed on
